@@ -1,0 +1,38 @@
+"""Errors headstart raises on purpose.
+
+Every message says what went wrong *and what to do about it*; the CLI prints it as one line, no traceback.
+"""
+
+from __future__ import annotations
+
+
+class HeadstartError(Exception):
+    """Base class: an expected failure with an actionable message."""
+
+
+class UnknownModelError(HeadstartError):
+    """A model name that is not in the zoo."""
+
+
+class WeightsNotInstalledError(HeadstartError):
+    """Pretrained weights for a zoo entry are not installed."""
+
+
+class UnknownTapError(HeadstartError):
+    """A layer/tap name the backbone does not have."""
+
+
+class DatasetError(HeadstartError):
+    """The image folder cannot be used as a dataset (empty, one class, missing path...)."""
+
+
+class DecodeError(HeadstartError):
+    """One file could not be decoded as an image (corrupt, truncated, not an image, too large)."""
+
+
+class ConfigError(HeadstartError):
+    """An invalid option value or configuration file."""
+
+
+class BundleError(HeadstartError):
+    """A saved model bundle is missing, incomplete or unsafe."""
