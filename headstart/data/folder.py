@@ -1,0 +1,322 @@
+"""Image-folder datasets: ``root/<class>/<image>`` or ``root/<split>/<class>/<image>``.
+
+Missing splits are made by a seeded stratified split, and recorded (``to_dict``) so a resumed or
+reproduced run reuses exactly the same images (``from_record``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headstart.data.decode import IMAGE_EXTENSIONS, is_image_file
+from headstart.errors import DatasetError
+
+__all__ = ["SPLIT_ALIASES", "ImageFolder", "Sample", "find_images"]
+
+# Canonical split name -> folder names (compared lower-case) that mean it.
+SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "val": ("val", "valid", "validation"),
+    "test": ("test",),
+}
+_SPLIT_OF = {alias: split for split, aliases in SPLIT_ALIASES.items() for alias in aliases}
+_SPLIT_ORDER = ("train", "val", "test")
+_SKIP_DIRS = frozenset({"__MACOSX"})  # zip-extraction debris, never a class
+_RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _SKIP_DIRS
+    )
+
+
+def _scan_images(top: Path) -> list[Path]:
+    """Image files below ``top``, recursively and sorted; hidden entries skipped.
+
+    Symlinked folders are followed (people link class folders in), but each real directory is
+    visited once, so a symlink loop cannot hang the scan.
+    """
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+        found.extend(Path(dirpath, f) for f in filenames if is_image_file(Path(f)))
+    return sorted(found)
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+class ImageFolder:
+    """A labelled image folder with train / (val) / test splits.
+
+    Parameters
+    ----------
+    root : folder laid out as ``root/<class>/<image>`` (any depth below the class folder) or
+        ``root/{train,val|valid|validation,test}/<class>/<image>``.
+    test_fraction : share of the images held out as test when there is no test folder (0: none).
+    val_fraction : share of train carved out as val when there is no val folder (0: none).
+    seed : seed of those stratified splits.
+    """
+
+    def __init__(
+        self, root: str | Path, *, test_fraction: float = 0.2, val_fraction: float = 0.0, seed: int = 0
+    ) -> None:
+        for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise DatasetError(f"{name}={value} is out of range; use a value in [0, 1), e.g. 0.2")
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise DatasetError(f"{self.root} does not exist; pass a folder laid out as root/<class>/<image>")
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root} is not a directory; pass a folder laid out as root/<class>/<image>")
+        self.root = self.root.resolve()
+        self.seed = seed
+        self.test_fraction = test_fraction
+        self.val_fraction = val_fraction
+
+        split_dirs = self._find_split_dirs()
+        self.layout = "split" if split_dirs else "flat"
+        if split_dirs:
+            per_split = {s: self._scan_classes(d) for s, d in split_dirs.items()}
+        else:
+            per_split = {"train": self._scan_classes(self.root)}
+        self.classes: list[str] = sorted(set().union(*(c.keys() for c in per_split.values())))
+        if len(self.classes) < 2:
+            raise DatasetError(
+                f"{self.root}: found {len(self.classes)} class folder ({', '.join(self.classes)}); "
+                "need at least 2 classes, one subfolder per class"
+            )
+        self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+        self._check_split_classes(per_split)
+
+        self.splits: dict[str, list[Sample]] = {}
+        self.split_source: dict[str, str] = {}
+        for split, by_class in per_split.items():
+            self.splits[split] = [Sample(p, self.class_to_idx[c]) for c in sorted(by_class) for p in by_class[c]]
+            self.split_source[split] = "folder"
+        if "test" not in self.splits and test_fraction > 0:
+            self._carve("test", test_fraction)
+        if "val" not in self.splits and val_fraction > 0:
+            self._carve("val", val_fraction)
+        self.splits = {s: self.splits[s] for s in _SPLIT_ORDER if s in self.splits}
+
+    # ------------------------------------------------------------------ scanning
+    def _find_split_dirs(self) -> dict[str, Path]:
+        subdirs = _visible_dirs(self.root)
+        if not any(d.name.lower() == "train" for d in subdirs):
+            return {}
+        found: dict[str, Path] = {}
+        for d in subdirs:
+            split = _SPLIT_OF.get(d.name.lower())
+            if split is None:
+                warnings.warn(
+                    f"{d}: ignored; in a split layout only train/val/valid/validation/test folders are read",
+                    stacklevel=3,
+                )
+                continue
+            if split in found:
+                raise DatasetError(
+                    f"{self.root}: both {found[split].name}/ and {d.name}/ mean the {split} split; keep only one"
+                )
+            found[split] = d
+        return found
+
+    def _scan_classes(self, folder: Path) -> dict[str, list[Path]]:
+        class_dirs = _visible_dirs(folder)
+        if not class_dirs:
+            n_loose = sum(1 for p in folder.iterdir() if p.is_file() and is_image_file(p))
+            hint = f" (found {n_loose} images directly inside it)" if n_loose else ""
+            raise DatasetError(
+                f"{folder}: no class folders{hint}; put the images in one subfolder per class, e.g. {folder}/cat/1.jpg"
+            )
+        by_class = {d.name: _scan_images(d) for d in class_dirs}
+        empty = [str(folder / c) for c, paths in by_class.items() if not paths]
+        if len(empty) == len(by_class):
+            raise DatasetError(
+                f"{folder}: no images found in any class folder; "
+                f"supported suffixes are {', '.join(sorted(IMAGE_EXTENSIONS))}"
+            )
+        if empty:
+            raise DatasetError(f"empty class folder(s) with no images: {', '.join(empty)}; remove it or add images")
+        return by_class
+
+    def _check_split_classes(self, per_split: dict[str, dict[str, list[Path]]]) -> None:
+        train = set(per_split.get("train", {}))
+        for split, by_class in per_split.items():
+            if split == "train":
+                continue
+            if missing := sorted(train - set(by_class)):
+                warnings.warn(
+                    f"{self.root}: the {split} split has no folder for class(es) {', '.join(missing)}; "
+                    f"scores on {split} will not cover them",
+                    stacklevel=3,
+                )
+            if extra := sorted(set(by_class) - train):
+                warnings.warn(
+                    f"{self.root}: class(es) {', '.join(extra)} in {split} have no training images; "
+                    "the model cannot learn them; add them to train/ or remove them",
+                    stacklevel=3,
+                )
+
+    # ------------------------------------------------------------------ splitting
+    def _carve(self, split: str, fraction: float) -> None:
+        """Move a seeded, stratified ``fraction`` of train into ``split``."""
+        from sklearn.model_selection import train_test_split  # lazy: ~1.5 s import, not needed to predict
+
+        train = self.splits["train"]
+        labels = [s.label for s in train]
+        counts: dict[int, int] = {}
+        for y in labels:
+            counts[y] = counts.get(y, 0) + 1
+        if few := [self.classes[y] for y, n in sorted(counts.items()) if n < 2]:
+            raise DatasetError(
+                f"class(es) {', '.join(few)} have fewer than 2 training images, too few for a stratified "
+                f"{split} split; add images to them, or provide a {split}/ folder"
+            )
+        try:
+            keep, held = train_test_split(
+                list(range(len(train))), test_size=fraction, stratify=labels, random_state=self.seed
+            )
+        except ValueError as e:  # e.g. the held-out share is smaller than the number of classes
+            raise DatasetError(
+                f"cannot make a stratified {_pct(fraction)} {split} split of {len(train)} images in "
+                f"{len(counts)} classes ({e}); add images, change the fraction, or provide a {split}/ folder"
+            ) from None
+        # Keep scan order inside each split: deterministic and easy to read in the record.
+        self.splits["train"] = [train[i] for i in sorted(keep)]
+        self.splits[split] = [train[i] for i in sorted(held)]
+        self.split_source[split] = f"seeded {_pct(fraction)} stratified split of train (seed {self.seed})"
+
+    # ------------------------------------------------------------------ reporting
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and class (every class listed, zeros included)."""
+        out: dict[str, dict[str, int]] = {}
+        for split, samples in self.splits.items():
+            c = dict.fromkeys(self.classes, 0)
+            for s in samples:
+                c[self.classes[s.label]] += 1
+            out[split] = c
+        return out
+
+    def summary(self) -> str:
+        """A small table of images per class and split, plus how each split was made."""
+        counts = self.counts()
+        splits = list(counts)
+        width = max(len("total"), *(len(c) for c in self.classes))
+        cols = [max(len(s), 5) for s in splits]
+        lines = [f"{self.root} ({self.layout} layout, {len(self.classes)} classes)"]
+        lines.append("  ".join([f"{'class':<{width}}", *(f"{s:>{w}}" for s, w in zip(splits, cols))]))
+        for c in self.classes:
+            lines.append("  ".join([f"{c:<{width}}", *(f"{counts[s][c]:>{w}}" for s, w in zip(splits, cols))]))
+        totals = [sum(counts[s].values()) for s in splits]
+        lines.append("  ".join([f"{'total':<{width}}", *(f"{t:>{w}}" for t, w in zip(totals, cols))]))
+        lines.extend(f"{s}: {self.split_source[s]}" for s in splits)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        n = ", ".join(f"{s}={len(v)}" for s, v in self.splits.items())
+        return f"ImageFolder({str(self.root)!r}, classes={len(self.classes)}, {n})"
+
+    # ------------------------------------------------------------------ record / restore
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record of the exact splits (paths relative to root, posix)."""
+        return {
+            "version": _RECORD_VERSION,
+            "root": str(self.root),
+            "layout": self.layout,
+            "classes": list(self.classes),
+            "seed": self.seed,
+            "test_fraction": self.test_fraction,
+            "val_fraction": self.val_fraction,
+            "split_source": dict(self.split_source),
+            "splits": {
+                split: {
+                    "paths": [s.path.relative_to(self.root).as_posix() for s in samples],
+                    "labels": [s.label for s in samples],
+                }
+                for split, samples in self.splits.items()
+            },
+        }
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any], root: str | Path | None = None) -> ImageFolder:
+        """Restore the splits of ``to_dict`` without rescanning; ``root`` overrides a moved folder."""
+        try:
+            base = Path(root if root is not None else d["root"]).expanduser()
+            classes = [str(c) for c in d["classes"]]
+            raw = d["splits"]
+        except (KeyError, TypeError) as e:
+            raise DatasetError(f"invalid split record (missing {e}); re-create it with ImageFolder.to_dict()") from None
+        if not base.is_dir():
+            raise DatasetError(
+                f"{base} does not exist or is not a directory; pass root= the folder the split was made from"
+            )
+        self = cls.__new__(cls)
+        self.root = base.resolve()
+        self.classes = classes
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+        self.seed = int(d.get("seed", 0))
+        self.test_fraction = float(d.get("test_fraction", 0.0))
+        self.val_fraction = float(d.get("val_fraction", 0.0))
+        self.layout = str(d.get("layout", "flat"))
+        self.split_source = dict(d.get("split_source", {}))
+        self.splits = {}
+        missing: list[str] = []
+        for split in _SPLIT_ORDER:
+            if split not in raw:
+                continue
+            paths, labels = raw[split]["paths"], raw[split]["labels"]
+            if len(paths) != len(labels) or any(not 0 <= int(y) < len(classes) for y in labels):
+                raise DatasetError(
+                    f"invalid split record: bad labels in {split}; re-create it with ImageFolder.to_dict()"
+                )
+            samples = [Sample(self.root / p, int(y)) for p, y in zip(paths, labels)]
+            missing += [str(s.path) for s in samples if not s.path.is_file()]
+            self.splits[split] = samples
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DatasetError(
+                f"{len(missing)} recorded image(s) are missing under {self.root}: {', '.join(missing[:3])}{more}; "
+                "pass root= the folder the split was made from, or restore the files"
+            )
+        return self
+
+
+def find_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Files to predict on: named files as given (any suffix), folders scanned recursively; sorted, unique."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(_scan_images(p))
+        elif p.exists():
+            found.append(p)  # kept whatever its suffix: the decoder then says what is wrong with it
+        else:
+            raise DatasetError(f"{p}: no such file or directory; check the path")
+    unique: dict[str, Path] = {}
+    for p in sorted(found):
+        unique.setdefault(os.path.realpath(p), p)
+    if not unique:
+        raise DatasetError(
+            f"no image files found in {', '.join(map(str, paths))}; supported suffixes are "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}"
+        )
+    return list(unique.values())

@@ -1,0 +1,44 @@
+"""Shared fixtures: generated images only (no dataset files are committed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def make_class_folder(root: Path, n_per_class: int = 12, classes: tuple[str, ...] = ("circle", "square"),
+                      size: int = 40, seed: int = 0) -> Path:
+    """A small but learnable dataset: each class is a distinct colour/shape pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    for ci, cls in enumerate(classes):
+        d = root / cls
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            base = np.zeros((size, size, 3), np.float32)
+            base[..., ci % 3] = 180.0
+            if ci % 2:
+                base[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255.0
+            img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{cls}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_class_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def sample_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """scikit-image's chelsea (a cat) and coffee (an espresso cup) as JPEG files."""
+    skdata = pytest.importorskip("skimage.data")
+    d = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name in ("chelsea", "coffee"):
+        p = d / f"{name}.jpg"
+        Image.fromarray(getattr(skdata, name)()).save(p, quality=95)
+        paths[name] = p
+    return paths
