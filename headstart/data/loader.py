@@ -43,6 +43,8 @@ class DecodeFailure:
 class BatchLoader:
     """Iterate ``paths`` as ``Batch`` objects, in order, decoding ahead in a thread pool.
 
+    ``transform(img)`` makes each item; or ``item_transform(img, i)``, told the item's position ``i`` in
+    ``paths``, for random augmentation seeded per item (the same views whatever the thread scheduling).
     At most ``prefetch`` batches are decoded ahead of the consumer, so memory stays bounded.
     Files that fail to decode are skipped and collected in ``failures``; one warning lists them
     when iteration finishes. A batch in which every file failed is not yielded.
@@ -51,12 +53,13 @@ class BatchLoader:
     def __init__(
         self,
         paths: Sequence[Path],
-        transform: Callable[[Image.Image], np.ndarray],
+        transform: Callable[[Image.Image], np.ndarray] | None,
         *,
         batch_size: int = 32,
         workers: int | None = None,
         draft_size: int | None = None,
         prefetch: int = 2,
+        item_transform: Callable[[Image.Image, int], np.ndarray] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} is invalid; use a positive integer, e.g. 32")
@@ -66,8 +69,11 @@ class BatchLoader:
             workers = min(4, os.cpu_count() or 1)
         if workers < 1:
             raise ConfigError(f"workers={workers} is invalid; use a positive integer or leave it unset")
+        if (transform is None) == (item_transform is None):
+            raise ValueError("pass exactly one of transform(img) and item_transform(img, index)")
         self.paths = [Path(p) for p in paths]
         self.transform = transform
+        self.item_transform = item_transform
         self.batch_size = batch_size
         self.workers = workers
         self.draft_size = draft_size
@@ -86,6 +92,9 @@ class BatchLoader:
             prefix = f"{path}: "
             return DecodeFailure(path, reason[len(prefix) :] if reason.startswith(prefix) else reason)
         # Transform errors are bugs or bad configuration, not bad files: let them propagate.
+        if self.item_transform is not None:
+            return self.item_transform(img, i)
+        assert self.transform is not None
         return self.transform(img)
 
     def __iter__(self) -> Iterator[Batch]:

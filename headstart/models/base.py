@@ -97,14 +97,18 @@ class Backbone(nn.Module):
         groups.append(("classifier", list(self.classifier.parameters())))
         return groups
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a new, freshly initialised one with ``num_classes`` outputs."""
+    def reset_classifier(self, num_classes: int, *, seed: int = 0) -> None:
+        """Replace the classifier by a new one with ``num_classes`` outputs, initialised from ``seed``."""
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         old = self.classifier
         self.classifier = nn.Linear(old.in_features, num_classes, device=old.weight.device)
-        # Small init keeps the first steps from wrecking pretrained features with large gradients.
-        nn.init.normal_(self.classifier.weight, std=0.01)
+        # Small init keeps the first steps from wrecking pretrained features with large gradients; a
+        # private generator makes it independent of whatever else consumed the global RNG.
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            w = torch.randn(self.classifier.weight.shape, generator=gen) * 0.01
+            self.classifier.weight.copy_(w.to(old.weight.device))
         nn.init.zeros_(self.classifier.bias)
 
     @property

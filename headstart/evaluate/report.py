@@ -1,0 +1,31 @@
+"""The short human summary printed at the end of a run (and saved as RUN_DIR/summary.txt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
+    test, counts = metrics["test"], metrics.get("counts", {})
+    lines = [
+        f"strategy {metrics['strategy']} · model {metrics['model']} · layer {metrics.get('layer', '-')}"
+        + (f" · C={metrics['C']:.3g}" if "C" in metrics else ""),
+        f"images: train {counts.get('train', 0)}, val {counts.get('val', 0)}, test {counts.get('test', 0)}"
+        f" ({len(metrics['classes'])} classes)",
+        f"validation accuracy {metrics['val']['accuracy']:.1%} ({metrics['val'].get('protocol', 'val')}; used for choices)",
+        f"TEST accuracy {test['accuracy']:.1%} · balanced {test['balanced_accuracy']:.1%} "
+        f"(held out: no choice saw it)",
+    ]
+    worst = sorted(test["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
+    lines.append("lowest recall: " + ", ".join(f"{c} {m['recall']:.0%}" for c, m in worst))
+    if len(metrics.get("selection", [])) > 1:
+        ranked = sorted(metrics["selection"], key=lambda r: -r["val_accuracy"])
+        lines.append("layers tried (val acc): " + ", ".join(f"{r['layer']} {r['val_accuracy']:.1%}" for r in ranked))
+    if metrics.get("skipped_files"):
+        lines.append(f"skipped {len(metrics['skipped_files'])} undecodable file(s): listed in metrics.json")
+    t = metrics["timing"]
+    lines.append("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in t.items()))
+    lines.append(f"outputs: {run_dir}/ (config.toml, metrics.json, splits.json, bundle/)")
+    lines.append(f"predict: headstart predict --model {run_dir} IMAGE...")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""`headstart extract`: codes for every image of a folder, written beside their paths, labels and splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from headstart.data import ImageFolder, find_images
+from headstart.errors import DatasetError
+from headstart.features.cache import FeatureCache, default_cache_dir
+from headstart.features.export import write_codes
+from headstart.features.extract import extract_codes
+from headstart.fit.layers import parse_layer
+from headstart.models import create_model
+
+
+def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str = "auto", batch_size: int = 32,
+                cache_dir: Path | None = None, seed: int = 0, progress: bool = True) -> str:
+    """Extract and write codes; a labelled folder records labels and splits, a plain folder only paths."""
+    backbone = create_model(model)
+    (taps,) = parse_layer(backbone, layer) if layer != "auto" else (tuple(backbone.tap_names),)
+    try:
+        ds = ImageFolder(data, seed=seed)
+        rows = [(s.path, s.label, split) for split, items in ds.splits.items() for s in items]
+        classes: list[str] | None = ds.classes
+    except DatasetError:
+        if not Path(data).is_dir():
+            raise
+        rows = [(p, -1, "") for p in find_images([data])]  # unlabelled: a folder of images
+        classes = None
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    result = extract_codes([r[0] for r in rows], backbone, list(taps), cache=cache, out_dir=out, backend=backend,
+                           batch_size=batch_size, progress=progress)
+    write_codes(out, result, backbone=backbone, taps=list(taps),
+                labels=[r[1] for r in rows] if classes else None,
+                splits=[r[2] for r in rows] if classes else None, classes=classes)
+    dims = ", ".join(f"{t} {backbone.num_features[t]}" for t in taps)
+    return (f"{len(result.index)} images → {out}/ (codes_<tap>.npy float16: {dims}; index.json) · "
+            f"{result.n_computed} computed, {result.n_cached} from cache, {len(result.failures)} skipped · "
+            f"{result.seconds:.1f}s")

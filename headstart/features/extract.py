@@ -1,0 +1,237 @@
+"""Streaming extraction of CNN codes: hash → look up the cache → decode and run only what is missing.
+
+Codes are committed to the cache chunk by chunk while they are computed, so an interrupted run keeps its
+finished chunks and the next run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
+from torch import nn
+
+from headstart.data import BatchLoader, DecodeFailure, EvalTransform
+from headstart.engine import Engine, make_engine
+from headstart.engine.codes import CodesModule
+from headstart.errors import ConfigError, HeadstartError
+from headstart.features.atomic import clean_stale_tmp, tmp_path_for
+from headstart.features.cache import CacheWriter, FeatureCache, extractor_id, extractor_meta, hash_file
+from headstart.models.base import Backbone
+
+__all__ = ["ExtractResult", "extract_codes"]
+
+_F16_MAX = float(np.finfo(np.float16).max)
+_HASH_BLOCK = 4096  # paths hashed per pool.map call: bounds the futures alive at once
+
+
+@dataclass
+class ExtractResult:
+    """Codes of the images that could be read, in input order.
+
+    ``codes[tap]`` is (n_ok, D): float32 in memory, or a read-only float16 memmap of ``out_dir/codes_<tap>.npy``
+    when extracting to a directory. Row ``r`` is ``paths[r]``, which was ``inputs[index[r]]``.
+    Values are rounded to float16 (what the cache stores) either way, so they never depend on cache hits.
+    ``n_cached + n_computed == len(paths)``.
+    """
+
+    codes: dict[str, np.ndarray]
+    paths: list[Path]
+    index: np.ndarray
+    hashes: list[str]
+    failures: list[DecodeFailure] = field(default_factory=list)
+    n_cached: int = 0
+    n_computed: int = 0
+    seconds: float = 0.0
+    n_inputs: int = 0
+
+
+def extract_codes(
+    paths: Sequence[str | Path],
+    backbone: Backbone,
+    taps: Sequence[str],
+    *,
+    cache: FeatureCache | None,
+    out_dir: str | Path | None = None,
+    backend: str = "auto",
+    batch_size: int = 32,
+    chunk_size: int = 256,
+    progress: bool = True,
+    workers: int | None = None,
+) -> ExtractResult:
+    """CNN codes of ``paths`` at each tap, from ``cache`` where possible; unreadable files go to ``failures``.
+
+    With ``out_dir`` the codes are streamed into ``out_dir/codes_<tap>.npy`` (float16) and memory stays
+    bounded by a chunk whatever the dataset size; ``write_codes`` then adds ``index.json``.
+
+    >>> r = extract_codes(paths, create_model("efficientnet_lite0"), ["pooled"], cache=FeatureCache())  # doctest: +SKIP
+    >>> r.codes["pooled"].shape                                                                        # doctest: +SKIP
+    (3264, 1280)
+    """
+    t0 = time.perf_counter()
+    taps = backbone.check_taps(taps)
+    if not taps:
+        raise ConfigError("taps is empty; pass at least one layer name, e.g. ['pooled']")
+    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if value < 1:  # checked up front: a fully cached run would never reach the code that uses them
+            raise ConfigError(f"{name}={value} is invalid; use a positive integer")
+    inputs = [Path(p) for p in paths]
+    if cache is not None and backbone.weights_id == "random":
+        # Random weights differ per instance: their codes must never be served to another run.
+        warnings.warn(f"{backbone.name} has random weights; its codes are not cached", stacklevel=2)
+        cache = None
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(out)
+        # The codes files are about to change: an old index.json would describe the wrong rows.
+        (out / "index.json").unlink(missing_ok=True)
+
+    with _progress_bar(progress) as bar, _store(cache, out) as store:
+        hashes, failures = _hash_files(inputs, workers, bar)
+        ok = [i for i, h in enumerate(hashes) if h is not None]
+        ok_hashes: list[str] = [hashes[i] for i in ok]  # type: ignore[misc]
+        ids = {t: extractor_id(backbone, t) for t in taps}
+        dims = backbone.num_features
+        mem = None if out is not None else {t: np.zeros((len(ok), dims[t]), np.float32) for t in taps}
+        hit = np.full(len(ok), store is not None)
+        for t in taps if store is not None else ():  # an image counts as cached only when every tap has it
+            hit &= store.read_into(ids[t], ok_hashes, mem[t]) if mem is not None else store.contains(ids[t], ok_hashes)
+        todo: dict[str, list[int]] = {}  # hash → rows; identical files are decoded once
+        for r in np.flatnonzero(~hit):
+            todo.setdefault(ok_hashes[r], []).append(int(r))
+        reps = [inputs[ok[rows[0]]] for rows in todo.values()]
+
+        with contextlib.ExitStack() as stack:
+            writers = {t: stack.enter_context(store.writer(ids[t], extractor_meta(backbone, t), chunk_size))
+                       for t in taps} if store is not None else {}
+            bad = _compute(reps, list(todo), todo, backbone, taps, writers=writers, mem=mem, backend=backend,
+                           batch_size=batch_size, workers=workers, bar=bar)
+        for h, reason in bad.items():  # every copy of an undecodable file fails, not just the one tried
+            failures += [DecodeFailure(inputs[ok[r]], reason) for r in todo[h]]
+        keep = np.array([r for r in range(len(ok)) if ok_hashes[r] not in bad], dtype=np.int64)
+        kept_hashes = [ok_hashes[r] for r in keep]
+        if mem is not None:
+            codes = {t: a if len(keep) == len(ok) else a[keep] for t, a in mem.items()}
+        else:
+            assert out is not None and store is not None
+            codes = {t: _assemble_npy(out, t, store, ids[t], kept_hashes, dims[t]) for t in taps}
+
+    n_cached = int(hit[keep].sum())
+    position = {p: i for i, p in enumerate(inputs)}
+    failures.sort(key=lambda f: position.get(f.path, 0))
+    index = np.asarray(ok, dtype=np.int64)[keep]
+    return ExtractResult(codes=codes, paths=[inputs[i] for i in index], index=index, hashes=kept_hashes,
+                         failures=failures, n_cached=n_cached, n_computed=len(keep) - n_cached,
+                         seconds=time.perf_counter() - t0, n_inputs=len(inputs))
+
+
+def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], backbone: Backbone,
+             taps: list[str], *, writers: dict[str, CacheWriter], mem: dict[str, np.ndarray] | None, backend: str,
+             batch_size: int, workers: int | None, bar: Progress) -> dict[str, str]:
+    """Decode and run ``paths`` (one per hash); store codes in ``writers`` and ``mem``. Returns hash → failure."""
+    if not paths:
+        return {}
+    transform = EvalTransform(backbone.spec)
+    size = backbone.spec.input_size
+    engine = _make_engine(CodesModule(backbone, taps), (3, size, size), backend)  # built once, only if needed
+    loader = BatchLoader(paths, transform, batch_size=batch_size, workers=workers, draft_size=transform.draft_size)
+    task = bar.add_task("extracting", total=len(paths))
+    for batch in loader:
+        batch_hashes = [hashes[i] for i in batch.indices]
+        for t, codes in zip(taps, engine(batch.images), strict=True):
+            # Round once, here, so fresh codes equal what a later cache hit returns.
+            codes16 = np.clip(codes, -_F16_MAX, _F16_MAX).astype(np.float16)
+            if t in writers:
+                writers[t].add(batch_hashes, codes16)
+            if mem is not None:
+                dst = [r for h in batch_hashes for r in rows[h]]
+                src = [j for j, h in enumerate(batch_hashes) for _ in rows[h]]
+                mem[t][dst] = codes16[src]
+        bar.advance(task, len(batch.indices))
+    by_path = {p: h for p, h in zip(paths, hashes, strict=True)}
+    return {by_path[f.path]: f.reason for f in loader.failures}
+
+
+def _make_engine(module: nn.Module, input_shape: tuple[int, int, int], backend: str) -> Engine:
+    """The one place the engine is built (tests wrap it to slow extraction down)."""
+    return make_engine(module, input_shape, backend=backend)
+
+
+def _hash_files(paths: list[Path], workers: int | None, bar: Progress) -> tuple[list[str | None], list[DecodeFailure]]:
+    """SHA-256 of every file (threads: hashlib releases the GIL); unreadable files become failures."""
+    def one(p: Path) -> str | DecodeFailure:
+        try:
+            return hash_file(p)
+        except OSError as e:
+            return DecodeFailure(p, f"cannot read file ({e.strerror or type(e).__name__})")
+
+    task = bar.add_task("hashing", total=len(paths))
+    hashes: list[str | None] = []
+    failures: list[DecodeFailure] = []
+    with ThreadPoolExecutor(max_workers=workers or min(8, 2 * (os.cpu_count() or 1))) as pool:
+        for start in range(0, len(paths), _HASH_BLOCK):
+            for res in pool.map(one, paths[start:start + _HASH_BLOCK]):
+                hashes.append(res if isinstance(res, str) else None)
+                if isinstance(res, DecodeFailure):
+                    failures.append(res)
+            bar.advance(task, min(_HASH_BLOCK, len(paths) - start))
+    if failures:
+        listed = "\n".join(f"  {f.path}: {f.reason}" for f in failures[:20])
+        warnings.warn(f"{len(failures)} file(s) could not be read and were skipped:\n{listed}", stacklevel=3)
+    return hashes, failures
+
+
+@contextlib.contextmanager
+def _store(cache: FeatureCache | None, out: Path | None) -> Iterator[FeatureCache | None]:
+    """Where computed codes go: the cache; with ``out_dir`` and no cache, a scratch one removed afterwards."""
+    if cache is not None or out is None:
+        yield cache
+        return
+    scratch = tmp_path_for(out / "scratch-cache")
+    try:
+        yield FeatureCache(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _assemble_npy(out: Path, tap: str, store: FeatureCache, eid: str, hashes: list[str], dim: int) -> np.ndarray:
+    """Fill ``out/codes_<tap>.npy`` from the store one chunk at a time; publish it atomically."""
+    final = out / f"codes_{tap}.npy"
+    tmp = tmp_path_for(final)
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(hashes), dim))
+        filled = store.read_into(eid, hashes, arr)
+        if not filled.all():
+            raise HeadstartError(f"{int((~filled).sum())} cached codes vanished during extraction "
+                                 "(was the cache cleared meanwhile?); run the extraction again")
+        arr.flush()
+        del arr
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.load(final, mmap_mode="r")
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} img/s" if task.speed else "", style="progress.data.speed")
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    """A rich bar on stderr with images/s and ETA; silent when disabled or not on a terminal (logs, CI)."""
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                    TimeRemainingColumn(), console=console, disable=not (enabled and console.is_terminal))

@@ -1,0 +1,55 @@
+"""A fitted linear head as plain arrays: what a bundle stores and what prediction needs (numpy only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PROBA_KINDS = ("softmax", "ovr_sigmoid")
+
+
+@dataclass(frozen=True)
+class LinearParams:
+    """Scores ``X @ coef.T + intercept`` (K×D, K); probabilities by ``proba``.
+
+    ``softmax``: multinomial softmax of the scores. ``ovr_sigmoid``: one-vs-rest Platt sigmoids
+    ``1 / (1 + exp(a_k * s_k + b_k))`` normalised to sum to one (scikit-learn's calibrated LinearSVC);
+    for two classes a single score (K=1) is the positive class's.
+    """
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    proba: str = "softmax"
+    calib_a: np.ndarray | None = None
+    calib_b: np.ndarray | None = None
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, np.float64) @ self.coef.T.astype(np.float64) + self.intercept
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        s = self.decision_function(X)
+        if self.proba == "softmax":
+            if s.shape[1] == 1:  # binary logistic: the score is the positive class's logit
+                s = np.hstack([np.zeros_like(s), s])
+            s = s - s.max(axis=1, keepdims=True)
+            e = np.exp(s)
+            return e / e.sum(axis=1, keepdims=True)
+        assert self.calib_a is not None and self.calib_b is not None
+        p = 1.0 / (1.0 + np.exp(self.calib_a * s + self.calib_b))
+        if p.shape[1] == 1:
+            return np.hstack([1.0 - p, p])
+        total = p.sum(axis=1, keepdims=True)
+        return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"coef": self.coef.astype(np.float32), "intercept": self.intercept.astype(np.float32)}
+        if self.calib_a is not None and self.calib_b is not None:
+            out |= {"calib_a": self.calib_a.astype(np.float32), "calib_b": self.calib_b.astype(np.float32)}
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], proba: str) -> LinearParams:
+        if proba not in PROBA_KINDS:
+            raise ValueError(f"unknown probability kind {proba!r}")
+        return cls(arrays["coef"], arrays["intercept"], proba, arrays.get("calib_a"), arrays.get("calib_b"))

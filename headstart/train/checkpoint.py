@@ -1,0 +1,218 @@
+"""Training checkpoints without pickle: tensors in safetensors, everything else in JSON, committed atomically.
+
+Layout of ``DIR`` (``RUN_DIR/checkpoints``)::
+
+    last/tensors-eNNNN.safetensors   model, optimizer moments, EMA/best weights... under key prefixes
+    last/state.json                  epoch, step, scheduler, optimizer hyper-parameters, RNG states, freeze
+                                     state, config hash, best metric — and the name of its tensors file
+    best/...                         the same, for the epoch with the best validation loss (hard links)
+
+Commit protocol: the tensors file is written under a new name (temp file, fsync, ``os.replace``), then
+``state.json`` the same way. ``state.json`` is the commit marker: until it is replaced, it still names the
+previous tensors file, which is only deleted afterwards. A SIGKILL at any point leaves a loadable checkpoint.
+
+Nested state (``optimizer.state_dict()``, RNG tuples, callback states) is encoded generically: every tensor
+or ndarray becomes ``{"__tensor__": key}`` / ``{"__ndarray__": key}``, tuples and non-string-keyed dicts
+are tagged, so ``decode(encode(x)) == x`` exactly, types included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["TrainState", "capture_rng", "checkpoint_exists", "decode", "encode", "load_checkpoint",
+           "restore_rng", "save_checkpoint", "save_tensors"]
+
+FORMAT = "headstart-checkpoint-v1"
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training exactly where it stopped (``epoch`` = completed epochs)."""
+
+    epoch: int
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    freeze: dict[str, Any] = field(default_factory=dict)
+    config_hash: str = ""
+    best_metric: float | None = None
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- RNG ------------------------------------------------------------------------------------------------
+def capture_rng(generator: np.random.Generator | None = None) -> dict[str, Any]:
+    """Python ``random``, NumPy's global and ``generator``'s states, torch CPU (+ CUDA) RNG as uint8 tensors."""
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(legacy=False),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["loop"] = generator.bit_generator.state
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: np.random.Generator | None = None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "loop" in state:
+        generator.bit_generator.state = state["loop"]
+
+
+# -- generic encoding -------------------------------------------------------------------------------------
+def encode(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
+    """JSON-able form of ``obj``; tensors/arrays are moved into ``tensors`` under ``key``-derived names."""
+    if isinstance(obj, torch.Tensor):
+        # Own, contiguous CPU copies: safetensors refuses shared storage, and a copy is a snapshot.
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        # Raw bytes + dtype/shape: exact for every dtype (NumPy's RNG keys are uint32, rare in torch).
+        tensors[key] = torch.from_numpy(np.frombuffer(np.ascontiguousarray(obj).tobytes(), dtype=np.uint8).copy())
+        return {"__ndarray__": key, "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [encode(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode(v, tensors, f"{key}.{k}") for k, v in obj.items()}
+        return {"__items__": [[encode(k, tensors, f"{key}.k{i}"), encode(v, tensors, f"{key}.{i}")]
+                              for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {key!r}; use tensors, arrays or JSON types")
+
+
+def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [decode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            raw = tensors[obj["__ndarray__"]].numpy()
+            return raw.view(np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+        if "__tuple__" in obj:
+            return tuple(decode(v, tensors) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {_hashable(decode(k, tensors)): decode(v, tensors) for k, v in obj["__items__"]}
+        return {k: decode(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def _hashable(k: Any) -> Any:
+    return tuple(_hashable(v) for v in k) if isinstance(k, (list, tuple)) else k
+
+
+# -- atomic files ---------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(dest: Path, write: Any) -> None:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(dest.parent)
+
+
+def save_tensors(dest: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written atomically (own contiguous CPU copies of the tensors)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    own = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(dest, lambda tmp: save_file(own, str(tmp), metadata=metadata))
+
+
+def _write_json(dest: Path, data: Any) -> None:
+    _atomic_write(dest, lambda tmp: tmp.write_text(json.dumps(data), encoding="utf-8"))
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+def _slot(directory: Path, which: str) -> Path:
+    directory = Path(directory)
+    return directory if (directory / "state.json").exists() and which == "last" else directory / which
+
+
+def checkpoint_exists(directory: str | Path, which: str = "last") -> bool:
+    return (_slot(Path(directory), which) / "state.json").exists()
+
+
+def save_checkpoint(directory: str | Path, state: TrainState, *, is_best: bool = False) -> Path:
+    """Write ``state`` to ``DIR/last`` (and hard-link it as ``DIR/best`` when ``is_best``); returns ``last``."""
+    last = Path(directory) / "last"
+    last.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    # Not dataclasses.asdict: it deep-copies every tensor; ``encode`` makes the one snapshot copy.
+    meta = {f.name: getattr(state, f.name) for f in fields(state) if f.name != "model"}
+    body = {"format": FORMAT, "model": encode(state.model, tensors, "model"),
+            **{k: encode(v, tensors, k) for k, v in meta.items()}}
+    name = f"tensors-e{state.epoch:04d}.safetensors"
+    save_tensors(last / name, tensors)
+    body["tensors"] = name
+    _write_json(last / "state.json", body)  # the commit: from here on the new checkpoint is the one
+    for old in last.glob("tensors-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    if is_best:
+        _link_slot(last, Path(directory) / "best", name)
+    return last
+
+
+def _link_slot(src: Path, dst: Path, name: str) -> None:
+    """Publish ``src`` as ``dst`` cheaply: hard links (a copy where links are unsupported), same protocol."""
+    dst.mkdir(parents=True, exist_ok=True)
+    tmp = dst / f".{name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src / name, tmp)
+    except OSError:
+        tmp.write_bytes((src / name).read_bytes())
+    os.replace(tmp, dst / name)
+    _write_json(dst / "state.json", json.loads((src / "state.json").read_text(encoding="utf-8")))
+    for old in dst.glob("tensors-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(directory: str | Path, which: str = "last") -> TrainState:
+    """Read the checkpoint in ``DIR/which`` (or ``DIR`` itself when it holds ``state.json``)."""
+    slot = _slot(Path(directory), which)
+    body = json.loads((slot / "state.json").read_text(encoding="utf-8"))
+    if body.get("format") != FORMAT:
+        raise ValueError(f"{slot}: not a {FORMAT} checkpoint")
+    tensors = load_file(str(slot / body["tensors"]))
+    values = {k: decode(v, tensors) for k, v in body.items() if k not in ("format", "tensors")}
+    return TrainState(**values)
