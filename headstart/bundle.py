@@ -26,11 +26,12 @@ from safetensors.numpy import load_file, save_file
 from headstart.engine.codes import CodesModule
 from headstart.errors import BundleError, HeadstartError
 from headstart.heads.params import LinearParams
-from headstart.models import PreprocessSpec, create_model
+from headstart.models import Backbone, PreprocessSpec, create_model
+from headstart.predict import softmax
 from headstart.predict import PredictResult, Predictor
 
 FORMAT = "headstart.bundle/1"
-META, HEAD = "bundle.json", "head.safetensors"
+META, HEAD, WEIGHTS = "bundle.json", "head.safetensors", "weights.safetensors"
 
 
 def save_linear_bundle(path: str | Path, *, model: str, weights_id: str, taps: Sequence[str], spec: PreprocessSpec,
@@ -41,6 +42,19 @@ def save_linear_bundle(path: str | Path, *, model: str, weights_id: str, taps: S
     meta = {"format": FORMAT, "kind": "linear", "model": model, "weights_id": weights_id, "taps": list(taps),
             "preprocess": spec.to_dict(), "classes": list(classes), "head": {"proba": head.proba}}
     _atomic(path / HEAD, lambda tmp: save_file(head.arrays(), tmp))
+    _atomic(path / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2), encoding="utf-8"))
+    return path
+
+
+def save_finetune_bundle(path: str | Path, *, model: Backbone, classes: Sequence[str]) -> Path:
+    """Write a fine-tuned bundle: the whole network's weights (safetensors) + JSON."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "kind": "finetune", "model": model.name, "weights_id": model.weights_id,
+            "taps": [], "preprocess": model.spec.to_dict(), "classes": list(classes),
+            "num_classes": model.num_classes, "drop_rate": model.drop_rate}
+    state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+    _atomic(path / WEIGHTS, lambda tmp: save_file(state, tmp))
     _atomic(path / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2), encoding="utf-8"))
     return path
 
@@ -79,6 +93,28 @@ class LoadedModel:
         return probs
 
 
+def _load_arrays(file: Path) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(file))  # safetensors: tensors only, no code can run
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{file} is not a valid safetensors file ({e}); refusing to load it") from None
+
+
+def _load_finetune(meta: dict[str, Any], arrays: dict[str, np.ndarray], backend: str) -> LoadedModel:
+    import torch
+
+    model = create_model(meta["model"], pretrained=False, num_classes=int(meta["num_classes"]),
+                         drop_rate=float(meta.get("drop_rate", 0.0)))
+    try:
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True)
+    except RuntimeError as e:
+        raise BundleError(f"weights do not fit {meta['model']} ({str(e).splitlines()[0]}); the bundle is damaged") from None
+    model.weights_id = str(meta["weights_id"])
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    predictor = Predictor(model.eval(), spec, meta["classes"], lambda outs: softmax(outs[0]), backend=backend)
+    return LoadedModel(list(meta["classes"]), meta["model"], [], meta, predictor)
+
+
 def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
     """Load a bundle from a run directory (or its ``bundle`` folder)."""
     path = Path(path)
@@ -94,10 +130,12 @@ def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{meta_file}: unsupported bundle format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
                           f"this headstart reads {FORMAT}")
-    try:
-        arrays = load_file(str(folder / HEAD))  # safetensors: tensors only, no code can run
-    except (SafetensorError, OSError, ValueError) as e:
-        raise BundleError(f"{folder / HEAD} is not a valid safetensors file ({e}); refusing to load it") from None
+    kind = meta.get("kind")
+    if kind not in ("linear", "finetune"):
+        raise BundleError(f"{meta_file}: unknown bundle kind {kind!r}; expected linear or finetune")
+    arrays = _load_arrays(folder / (HEAD if kind == "linear" else WEIGHTS))
+    if kind == "finetune":
+        return _load_finetune(meta, arrays, backend)
     backbone = create_model(meta["model"], pretrained=True)
     if backbone.weights_id != meta["weights_id"]:
         raise BundleError(f"bundle was trained on weights {meta['weights_id']} but {backbone.weights_id} are "

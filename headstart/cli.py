@@ -98,7 +98,8 @@ def fit(
     data: Annotated[Optional[Path], typer.Argument(help="Image folder: DATA/<class>/<images> or "
                                                    "DATA/{train,val,test}/<class>/<images>.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to write.")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="linear: CNN codes + linear classifier.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="linear (CNN codes + linear classifier) or finetune "
+                                                    "[default: linear].")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Backbone from `headstart models` "
                                                  "[default: efficientnet_lite0].")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Tap for the codes: a stage name, several joined by "
@@ -118,11 +119,46 @@ def fit(
     backend: Annotated[Optional[str], typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per batch [default: 32].")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: ~/.cache/headstart].")] = None,
+    freeze: Annotated[Optional[int], typer.Option(help="finetune: first K stages frozen (no gradients, BN "
+                                                  "statistics fixed); 0 = train all [default: 5].")] = None,
+    freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--no-freeze-bn", help="finetune: also fix "
+                                                      "BN statistics of trainable stages.")] = None,
+    head_init: Annotated[Optional[str], typer.Option(help="finetune: probe (start from a linear probe, LP-FT) "
+                                                     "or random [default: probe].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="finetune: epochs [default: 10].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="finetune: learning rate of the new head; pretrained "
+                                                "layers get lr × backbone-lr-mult [default: 1e-3].")] = None,
+    backbone_lr_mult: Annotated[Optional[float], typer.Option(help="finetune [default: 0.1].")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="finetune: sgd, momentum, nesterov, adagrad, rmsprop, "
+                                                     "adam, adamw [default: adamw].")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="finetune [default: 0.01].")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="finetune: constant, step, exponential, inverse_time, "
+                                                    "cosine, sgdr, plateau [default: cosine].")] = None,
+    warmup: Annotated[Optional[float], typer.Option(help="finetune: linear warm-up epochs [default: 1].")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="finetune [default: 0.1].")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="finetune: dropout before the head [default: 0.2].")] = None,
+    drop_path: Annotated[Optional[float], typer.Option(help="finetune: stochastic depth [default: 0].")] = None,
+    ema: Annotated[Optional[float], typer.Option(help="finetune: EMA decay of the weights, e.g. 0.999 "
+                                                 "[default: off].")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="finetune: early-stopping patience [default: 5].")] = None,
+    snapshots: Annotated[Optional[bool], typer.Option("--snapshots/--no-snapshots", help="finetune: snapshot "
+                                                      "ensemble at SGDR cycle ends.")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="finetune: test-time augmentation none, flip, 10crop, "
+                                               "multiscale [default: none].")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="finetune: flips + random "
+                                                    "resized crops (off: the frozen prefix is computed once "
+                                                    "and cached).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (e.g. a previous "
                                                    "RUN_DIR/config.toml); flags override it.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a killed fine-tuning run from RUN_DIR's last "
+                                                   "checkpoint (uses RUN_DIR/config.toml).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train a classifier on an image folder and evaluate it on a held-out test split."""
+    """Train a classifier on an image folder and evaluate it on a held-out test split.
+
+    --strategy linear trains a linear classifier on cached CNN codes; --strategy finetune trains the top
+    of the network with a new head. Every option can be set in a TOML file (--config).
+    """
     from headstart.evaluate.report import summary_text
     from headstart.fit import fit as run_fit
 
@@ -132,8 +168,19 @@ def fit(
     overrides["engine"] = _given(backend=backend, batch_size=batch_size,
                                  cache_dir=str(cache_dir) if cache_dir else None)
     overrides["linear"] = _given(layer=layer, head=head, C=c, class_weight=class_weight, cv_folds=cv_folds)
+    overrides["finetune"] = _given(freeze=freeze, freeze_bn=freeze_bn, head_init=head_init, epochs=epochs,
+                                   label_smoothing=label_smoothing, dropout=dropout, drop_path=drop_path, ema=ema,
+                                   patience=patience, snapshots=snapshots, tta=tta)
+    overrides["finetune"]["optim"] = _given(name=optimizer, lr=lr, backbone_lr_mult=backbone_lr_mult,
+                                            weight_decay=weight_decay)
+    overrides["finetune"]["schedule"] = _given(name=schedule, warmup_epochs=warmup)
+    if augment is not None:
+        overrides["finetune"]["augment"] = {"hflip": augment, "crop": "rrc" if augment else "center"}
+    if resume is not None:
+        config = config or resume / "config.toml"
+        overrides["out"] = str(resume)
     cfg = _fit_config(config, overrides)
-    metrics = run_fit(cfg, progress=not quiet)
+    metrics = run_fit(cfg, progress=not quiet, resume=resume is not None)
     text = summary_text(metrics, cfg.out)
     Path(cfg.out, "summary.txt").write_text(text + "\n", encoding="utf-8")
     console.print(text, highlight=False)

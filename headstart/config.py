@@ -14,6 +14,10 @@ from typing import Any
 
 import tomli_w
 
+from headstart.data.augment import AugmentConfig
+from headstart.train.optim import OptimConfig
+from headstart.train.schedules import ScheduleConfig
+
 from headstart.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -21,7 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-STRATEGIES = ("linear",)  # "finetune" joins when its issue lands
+STRATEGIES = ("linear", "finetune")
+HEAD_INITS = ("probe", "random")
 HEADS = ("softmax", "svm")
 
 
@@ -51,6 +56,25 @@ class LinearConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    freeze: int = 5  # first K stages frozen (lr 0, BN statistics fixed); 0 fine-tunes everything
+    freeze_bn: bool = False  # also fix the BatchNorm statistics of the trainable stages
+    head_init: str = "probe"  # probe: start the new head from a linear probe on the codes (LP-FT); random
+    epochs: int = 10
+    label_smoothing: float = 0.1
+    dropout: float = 0.2  # before the head
+    drop_path: float = 0.0  # stochastic depth of the trainable blocks
+    ema: float = 0.0  # EMA/Polyak decay of the weights, e.g. 0.999; 0 = off
+    patience: int = 5  # early stopping on validation loss; the best epoch's weights are kept
+    snapshots: bool = False  # snapshot ensemble at the schedule's cycle ends (use schedule.name = "sgdr")
+    tta: str = "none"  # none | flip | 10crop | multiscale
+    bf16: bool = False
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", warmup_epochs=1.0))
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=True, crop="rrc", rrc_scale=(0.35, 1.0)))
+
+
+@dataclass(frozen=True)
 class FitConfig:
     out: str = ""
     strategy: str = "linear"
@@ -58,6 +82,7 @@ class FitConfig:
     data: DataConfig = field(default_factory=DataConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> FitConfig:
         if self.strategy not in STRATEGIES:
@@ -74,6 +99,15 @@ class FitConfig:
                 raise ConfigError(f"data.{name} must be in [0, 1); got {v}")
         if self.engine.batch_size < 1:
             raise ConfigError(f"engine.batch_size must be >= 1; got {self.engine.batch_size}")
+        ft = self.finetune
+        if ft.head_init not in HEAD_INITS:
+            raise ConfigError(f"finetune.head_init must be one of {', '.join(HEAD_INITS)}; got {ft.head_init!r}")
+        if ft.tta not in ("none", "flip", "10crop", "multiscale"):
+            raise ConfigError(f"finetune.tta must be none, flip, 10crop or multiscale; got {ft.tta!r}")
+        if ft.epochs < 1 or ft.freeze < 0:
+            raise ConfigError(f"finetune.epochs must be >= 1 and finetune.freeze >= 0; got {ft.epochs}, {ft.freeze}")
+        if not 0.0 <= ft.ema < 1.0:
+            raise ConfigError(f"finetune.ema must be in [0, 1); got {ft.ema}")
         if not self.data.path:
             raise ConfigError("no dataset: pass DATA (a folder of class subfolders) or set data.path in the config")
         if not self.out:
@@ -102,7 +136,10 @@ def from_dict(cls: type, d: dict[str, Any], where: str = "") -> Any:
             kwargs[name] = from_dict(type(default), value, f"{where}{name}.")
         else:
             kwargs[name] = _coerce(value, default, f"{where}{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # the stage configs validate themselves
+        raise ConfigError(f"[{where.rstrip('.') or 'config'}] {e}") from None
 
 
 def _coerce(value: Any, default: Any, name: str) -> Any:
@@ -112,6 +149,8 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
         return value
     if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, tuple) and isinstance(value, (list, tuple)) and len(value) == len(default):
+        return tuple(_coerce(v, d, name) for v, d in zip(value, default))
     if isinstance(default, type(value)) or type(default) is type(value):
         return value
     raise ConfigError(f"{name} must be a {type(default).__name__}; got {value!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.datasets import make_classification
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
@@ -14,6 +15,8 @@ from threadpoolctl import threadpool_limits
 
 from headstart.errors import ConfigError
 from headstart.heads import LinearSVM, SoftmaxRegression, SweepResult, cross_val_sweep, sweep_C
+from headstart.heads.params import LinearParams
+from headstart.heads.softmax import auto_solver
 
 TIGHT = dict(tol=1e-10, max_iter=5000)  # converge far enough that solver differences vanish
 
@@ -69,6 +72,11 @@ def test_binary_matches_sklearn_and_shapes():
     assert m.predict_proba(X).shape == (200, 2)
     np.testing.assert_allclose(m.predict_proba(X).sum(axis=1), 1.0)
     assert list(m.classes_) == ["cat", "dog"]
+    # The bundle's numpy-only form (softmax kind) reproduces the head, binary and multiclass.
+    np.testing.assert_allclose(LinearParams(m.coef_, m.intercept_).predict_proba(X), m.predict_proba(X), atol=1e-12)
+    m4 = SoftmaxRegression().fit(*make_classification(100, 6, n_informative=4, n_classes=3, random_state=0))
+    np.testing.assert_allclose(LinearParams(m4.coef_, m4.intercept_).predict_proba(X[:, :6]),
+                               m4.predict_proba(X[:, :6]), atol=1e-12)
 
 
 def test_sklearn_solver_and_float32_agree_with_torch(data4):
@@ -79,7 +87,9 @@ def test_sklearn_solver_and_float32_agree_with_torch(data4):
     for m in (via_sk, f32):
         assert np.abs(m.predict_proba(X) - ref.predict_proba(X)).max() < 2e-3
         assert np.mean(m.predict(X) == ref.predict(X)) == 1.0
-    assert via_sk.solver_ == "sklearn" and SoftmaxRegression().fit(X, y).solver_ == "torch"  # auto, small
+    assert via_sk.solver_ == "sklearn" and f32.solver_ == "torch"
+    assert SoftmaxRegression().fit(X, y).solver_ == "sklearn"  # auto: small
+    assert auto_solver(10000, 1280, np.float32) == "torch" and auto_solver(10000, 1280, np.float64) == "sklearn"
 
 
 def test_sample_weight_equals_repetition(data4):
@@ -160,18 +170,28 @@ def test_linear_svm_probabilities_and_separable():
     y = np.repeat([0, 1, 2], 20)
     X = rng.normal(size=(60, 6)) + 6.0 * np.eye(3, 6)[y]
     m = LinearSVM(1.0).fit(X, y)
-    assert m.score(X, y) == 1.0 and m.calibrated_
+    assert m.score(X, y) == 1.0 and m.calibrated_ and m.calib_a_.shape == (3,)
     p = m.predict_proba(X)
     assert p.shape == (60, 3)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     assert np.mean(p.argmax(1) == y) == 1.0
-    # Folded coefficients reproduce LinearSVC on standardised data.
+    # Folded coefficients reproduce LinearSVC on standardised data; probabilities its Platt calibration.
     Xs = StandardScaler().fit_transform(X)
     ref = LinearSVC(C=1.0, dual="auto", max_iter=5000, random_state=0).fit(Xs, y)
     np.testing.assert_allclose(m.decision_function(X), ref.decision_function(Xs), atol=1e-6)
+    cal = CalibratedClassifierCV(ref, method="sigmoid", cv=3, ensemble=False).fit(Xs, y)
+    np.testing.assert_allclose(p, cal.predict_proba(Xs), atol=1e-6)
+    # ... and the bundle's numpy-only form gives the same numbers.
+    params = LinearParams(m.coef_, m.intercept_, "ovr_sigmoid", m.calib_a_, m.calib_b_)
+    np.testing.assert_allclose(params.predict_proba(X), p, atol=1e-9)
+
     tiny = LinearSVM().fit(X[[0, 1, 20, 21]], y[[0, 1, 20, 21]])  # 2 per class: cannot calibrate
-    assert not tiny.calibrated_ and tiny.decision_function(X).shape == (60,)
+    assert not tiny.calibrated_ and tiny.calib_a_ is None and tiny.decision_function(X).shape == (60,)
     np.testing.assert_allclose(tiny.predict_proba(X).sum(axis=1), 1.0)
+    binary = LinearSVM().fit(X[y < 2], y[y < 2])
+    assert binary.calib_a_.shape == (1,) and binary.predict_proba(X).shape == (60, 2)
+    np.testing.assert_allclose(LinearParams(binary.coef_, binary.intercept_, "ovr_sigmoid", binary.calib_a_,
+                                            binary.calib_b_).predict_proba(X), binary.predict_proba(X), atol=1e-9)
 
 
 def _noisy(n: int, d: int, rng: np.random.Generator, flip: float = 0.0):

@@ -9,7 +9,8 @@ from typing import Any
 def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
     test, counts = metrics["test"], metrics.get("counts", {})
     lines = [
-        f"strategy {metrics['strategy']} · model {metrics['model']} · layer {metrics.get('layer', '-')}"
+        f"strategy {metrics['strategy']} · model {metrics['model']} · "
+        + (f"freeze {metrics['freeze']} stages" if "freeze" in metrics else f"layer {metrics.get('layer', '-')}")
         + (f" · C={metrics['C']:.3g}" if "C" in metrics else ""),
         f"images: train {counts.get('train', 0)}, val {counts.get('val', 0)}, test {counts.get('test', 0)}"
         f" ({len(metrics['classes'])} classes)",
@@ -22,10 +23,14 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
     if len(metrics.get("selection", [])) > 1:
         ranked = sorted(metrics["selection"], key=lambda r: -r["val_accuracy"])
         lines.append("layers tried (val acc): " + ", ".join(f"{r['layer']} {r['val_accuracy']:.1%}" for r in ranked))
+    if "training" in metrics:
+        tr = metrics["training"]
+        lines.append(f"trained {tr['epochs_run']} epochs (best {tr['best_epoch']}; {tr['feed']}); {tr['diagnosis']}")
     if metrics.get("skipped_files"):
         lines.append(f"skipped {len(metrics['skipped_files'])} undecodable file(s): listed in metrics.json")
     t = metrics["timing"]
     lines.append("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in t.items()))
-    lines.append(f"outputs: {run_dir}/ (config.toml, metrics.json, splits.json, bundle/)")
+    extra = ", curves.jsonl, curves.svg, checkpoints/" if "training" in metrics else ""
+    lines.append(f"outputs: {run_dir}/ (config.toml, metrics.json, splits.json{extra}, bundle/)")
     lines.append(f"predict: headstart predict --model {run_dir} IMAGE...")
     return "\n".join(lines)

@@ -7,11 +7,16 @@ from typing import Any
 from headstart.config import FitConfig
 
 
-def fit(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run ``cfg.strategy`` end to end; writes ``cfg.out`` and returns the metrics (as in metrics.json)."""
-    cfg = cfg.validate()
-    if cfg.strategy == "linear":
-        from headstart.fit.linear import fit_linear
+def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Run ``cfg.strategy`` end to end; writes ``cfg.out`` and returns the metrics (as in metrics.json).
 
-        return fit_linear(cfg, progress=progress)
-    raise NotImplementedError(f"strategy {cfg.strategy!r} is not available yet")
+    ``resume`` continues a killed fine-tuning run from its last checkpoint in ``cfg.out``.
+    """
+    cfg = cfg.validate()
+    if cfg.strategy == "finetune":
+        from headstart.fit.finetune import fit_finetune
+
+        return fit_finetune(cfg, progress=progress, resume=resume)
+    from headstart.fit.linear import fit_linear
+
+    return fit_linear(cfg, progress=progress)

@@ -24,13 +24,19 @@ from threadpoolctl import threadpool_limits
 
 from headstart.errors import ConfigError
 
-# "auto" uses the torch solver up to this many design-matrix entries (N*D) and sklearn above it.
+# "auto" uses torch for float32 codes with at least this many entries (N*D), sklearn otherwise.
 # Measured with benchmarks/bench_heads.py (2-core CPU, K=6, C=1): see the SoftmaxRegression docstring.
-AUTO_TORCH_MAX_ENTRIES = 4_000_000
+AUTO_TORCH_MIN_ENTRIES = 5_000_000
+
+
+def auto_solver(n_samples: int, n_features: int, dtype: np.dtype) -> str:
+    """The solver ``solver="auto"`` runs: ``"torch"`` for big float32 codes, else ``"sklearn"``."""
+    big = n_samples * n_features >= AUTO_TORCH_MIN_ENTRIES
+    return "torch" if big and np.dtype(dtype) == np.float32 else "sklearn"
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def _param_error(owner: str, name: str, constraint: str, value: Any) -> ConfigError:
+def param_error(owner: str, name: str, constraint: str, value: Any) -> ConfigError:
     return ConfigError(f"The '{name}' parameter of {owner} must be {constraint}. Got {value!r} instead.")
 
 
@@ -39,12 +45,12 @@ def check_positive(owner: str, name: str, value: Any, *, integer: bool = False) 
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind) or not (np.isfinite(value) and value > 0):
         what = "an int in the range [1, inf)" if integer else "a float in the range (0, inf)"
-        raise _param_error(owner, name, what, value)
+        raise param_error(owner, name, what, value)
 
 
 def check_class_weight(owner: str, value: Any) -> None:
     if not (value is None or value == "balanced" or isinstance(value, dict)):
-        raise _param_error(owner, "class_weight", "None, 'balanced' or a dict {label: weight}", value)
+        raise param_error(owner, "class_weight", "None, 'balanced' or a dict {label: weight}", value)
 
 
 def check_X(owner: str, X: Any, n_features: int | None = None) -> np.ndarray:
@@ -59,7 +65,7 @@ def check_X(owner: str, X: Any, n_features: int | None = None) -> np.ndarray:
             f"{owner}: X has {X.shape[1]} features but the head was fitted on {n_features}; "
             "extract codes with the same backbone and layer."
         )
-    if not np.isfinite(X).all():
+    if not np.isfinite(X.sum(dtype=np.float64)):  # NaN/inf propagate; no N x D boolean temporary
         raise ConfigError(f"{owner}: X contains NaN or infinity; check the feature extraction.")
     return X
 
@@ -69,9 +75,7 @@ def check_Xy(owner: str, X: Any, y: Any, sample_weight: Any = None) -> tuple[np.
     X = check_X(owner, X)
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
-        raise ConfigError(
-            f"{owner}: X has {X.shape[0]} rows but y has shape {y.shape}; pass one label per row of X."
-        )
+        raise ConfigError(f"{owner}: X has {X.shape[0]} rows but y has shape {y.shape}; pass one label per row of X.")
     if np.unique(y).size < 2:
         raise ConfigError(f"{owner}: y holds a single class ({y[0]!r}); a classifier needs at least 2 classes.")
     sw = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
@@ -109,26 +113,21 @@ def fold_standardization(W: np.ndarray, b: np.ndarray, mean: np.ndarray, scale: 
     return coef, b - coef @ mean
 
 
+def linear_scores(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``X @ coef.T + intercept`` in float64, a block of rows at a time (no float64 copy of all of X).
+
+    float64 because folded coefficients can be large with intercepts cancelling them.
+    """
+    out = np.empty((X.shape[0], coef.shape[0]))
+    for i in range(0, X.shape[0], chunk):
+        out[i : i + chunk] = X[i : i + chunk].astype(np.float64) @ coef.T + intercept
+    return out
+
+
 def softmax_rows(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def objective(Z: np.ndarray, y_idx: np.ndarray, sw: np.ndarray, W: np.ndarray, b: np.ndarray, C: float) -> float:
-    """sklearn's LogisticRegression objective: sum_i sw_i * loss_i + ||W||^2 / (2C), in float64.
-
-    ``W`` has one row for the binary (sigmoid) case and K rows otherwise.
-    """
-    z = np.asarray(Z, dtype=np.float64) @ W.T + b
-    if W.shape[0] == 1:
-        z1 = z[:, 0]
-        loss = np.logaddexp(0.0, z1) - (y_idx == 1) * z1
-    else:
-        m = z.max(axis=1, keepdims=True)
-        lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
-        loss = lse - z[np.arange(len(y_idx)), y_idx]
-    return float(sw @ loss + 0.5 * np.sum(W * W) / C)
 
 
 # ----------------------------------------------------------------------------- torch solver
@@ -155,27 +154,19 @@ def torch_thread_count(work: int) -> int:
 def torch_threads(n: int) -> Iterator[None]:
     """Temporarily cap torch's intra-op threads (restored afterwards)."""
     old = torch.get_num_threads()
-    if n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
+    torch.set_num_threads(min(n, old))
     try:
         yield
     finally:
         torch.set_num_threads(old)
 
 
+Init = tuple[np.ndarray, np.ndarray]  # (W, b) in the standardised space
+
+
 def lbfgs_torch(
-    Z: np.ndarray,
-    y_idx: np.ndarray,
-    sw: np.ndarray,
-    C: float,
-    n_classes: int,
-    *,
-    max_iter: int,
-    tol: float,
-    init: tuple[np.ndarray, np.ndarray] | None = None,
-    dtype: torch.dtype = torch.float64,
+    Z: np.ndarray, y_idx: np.ndarray, sw: np.ndarray, C: float, n_classes: int, *,
+    max_iter: int, tol: float, init: Init | None = None, dtype: torch.dtype = torch.float64,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Full-batch L-BFGS on the (already standardised) codes ``Z``; returns (W, b, n_iter).
 
@@ -193,10 +184,7 @@ def lbfgs_torch(
         b.copy_(torch.as_tensor(init[1]))
     W.requires_grad_(True)
     b.requires_grad_(True)
-    if rows == 1:
-        target = torch.as_tensor(y_idx == 1, dtype=dtype)
-    else:
-        target = torch.as_tensor(y_idx, dtype=torch.long)
+    target = torch.as_tensor(y_idx == 1, dtype=dtype) if rows == 1 else torch.as_tensor(y_idx, dtype=torch.long)
 
     # history_size=10 mirrors scipy's maxcor: memory stays 20 copies of W even for 1000 classes.
     opt = torch.optim.LBFGS(
@@ -225,8 +213,7 @@ def lbfgs_torch(
 
 
 def lbfgs_sklearn(
-    Z: np.ndarray, y_idx: np.ndarray, sw: np.ndarray, C: float, *, max_iter: int, tol: float,
-    init: tuple[np.ndarray, np.ndarray] | None = None,
+    Z: np.ndarray, y_idx: np.ndarray, sw: np.ndarray, C: float, *, max_iter: int, tol: float, init: Init | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """scikit-learn's lbfgs on the same objective; returns (W, b, n_iter) like :func:`lbfgs_torch`."""
     lr = LogisticRegression(C=C, tol=tol, max_iter=max_iter, solver="lbfgs", warm_start=init is not None)
@@ -250,10 +237,14 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     ``coef_`` / ``intercept_`` are folded back into the original feature space. Two classes use one
     sigmoid row, as sklearn does (``coef_`` is 1 x D, ``decision_function`` returns shape (N,)).
 
-    Solvers: ``"torch"`` is full-batch L-BFGS (strong Wolfe line search) in float64, warm-startable;
-    ``"sklearn"`` is ``LogisticRegression(solver="lbfgs")``. ``"auto"`` picks ``"torch"`` when
-    ``N * D <= 4e6`` and ``"sklearn"`` above: measured on a 2-core CPU, torch was 1.5-3x faster at
-    1000 x 320 and 1000 x 1280, sklearn as fast or faster at 10000 x 320 / 10000 x 1280.
+    Solvers: ``"torch"`` is full-batch L-BFGS (strong Wolfe line search, 10 memory pairs like scipy),
+    computing in X's dtype: float32 codes give float32 maths (half the memory, ~2x faster per step
+    on big inputs, same predictions and objective within ~5e-5 relative at ``tol=1e-6``; tolerances
+    far below 1e-6 need float64 input). ``"sklearn"`` is ``LogisticRegression(solver="lbfgs")``.
+    ``"auto"`` runs ``"torch"`` for float32 X with ``N * D >= 5e6`` and ``"sklearn"`` otherwise:
+    on a 2-core CPU (benchmarks/bench_heads.py, K=6) sklearn was as fast or faster up to
+    10000 x 320 (tie there), torch-float32 1.7x faster at 10000 x 1280; torch-float64 never won.
+    Both solvers warm-start from :meth:`_set_warm_start` (used by the C sweeps).
 
     >>> import numpy as np
     >>> X = np.array([[0.0], [1.0], [2.0], [3.0]]); y = np.array([0, 0, 1, 1])
@@ -262,14 +253,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(
-        self,
-        C: float = 1.0,
-        *,
-        standardize: bool = True,
-        class_weight: None | str | dict = None,
-        max_iter: int = 500,
-        tol: float = 1e-6,
-        solver: Literal["auto", "torch", "sklearn"] = "auto",
+        self, C: float = 1.0, *, standardize: bool = True, class_weight: None | str | dict = None,
+        max_iter: int = 500, tol: float = 1e-6, solver: Literal["auto", "torch", "sklearn"] = "auto",
     ) -> None:
         self.C = C
         self.standardize = standardize
@@ -285,9 +270,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         check_positive(name, "tol", self.tol)
         check_class_weight(name, self.class_weight)
         if not isinstance(self.standardize, (bool, np.bool_)):
-            raise _param_error(name, "standardize", "a bool", self.standardize)
+            raise param_error(name, "standardize", "a bool", self.standardize)
         if self.solver not in ("auto", "torch", "sklearn"):
-            raise _param_error(name, "solver", "one of 'auto', 'torch', 'sklearn'", self.solver)
+            raise param_error(name, "solver", "one of 'auto', 'torch', 'sklearn'", self.solver)
 
     def _set_warm_start(self, prev: "SoftmaxRegression") -> None:
         """Start the next fit from ``prev``'s solution (same training data, e.g. the previous C of a sweep)."""
@@ -306,23 +291,20 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         K = len(self.classes_)
         solver = self.solver
         if solver == "auto":
-            solver = "torch" if X.shape[0] * X.shape[1] <= AUTO_TORCH_MAX_ENTRIES else "sklearn"
+            solver = auto_solver(X.shape[0], X.shape[1], X.dtype)
         self.solver_ = solver
         Z = (X - self.mean_.astype(X.dtype)) / self.scale_.astype(X.dtype) if self.standardize else X
 
         init = getattr(self, "_init", None)
         if init is not None and init[0].shape != (1 if K == 2 else K, X.shape[1]):
             init = None  # a different problem: start from zero
+        opts = dict(max_iter=self.max_iter, tol=self.tol, init=init)
         if solver == "torch":
-            # float32 codes -> float32 maths (see class docstring: same predictions, ~1.5x faster, half the memory).
+            # float32 codes -> float32 maths (class docstring: same predictions, faster, half the memory).
             dtype = torch.float32 if X.dtype == np.float32 else torch.float64
-            W, b, self.n_iter_ = lbfgs_torch(
-                Z, y_idx, sw, float(self.C), K, max_iter=self.max_iter, tol=self.tol, init=init, dtype=dtype
-            )
+            W, b, self.n_iter_ = lbfgs_torch(Z, y_idx, sw, float(self.C), K, dtype=dtype, **opts)
         else:
-            W, b, self.n_iter_ = lbfgs_sklearn(
-                Z, y_idx, sw, float(self.C), max_iter=self.max_iter, tol=self.tol, init=init
-            )
+            W, b, self.n_iter_ = lbfgs_sklearn(Z, y_idx, sw, float(self.C), **opts)
         if self.n_iter_ >= self.max_iter:
             warnings.warn(
                 f"{name}(C={self.C}) stopped at max_iter={self.max_iter} before tol={self.tol}; "
@@ -336,7 +318,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         """Logits, shape (N, K); shape (N,) for two classes (logit of ``classes_[1]``)."""
         check_is_fitted(self, "coef_")
         X = check_X(type(self).__name__, X, self.n_features_in_)
-        z = X.astype(np.float64, copy=False) @ self.coef_.T + self.intercept_
+        z = linear_scores(X, self.coef_, self.intercept_)
         return z[:, 0] if z.shape[1] == 1 else z
 
     def predict_proba(self, X: Any) -> np.ndarray:

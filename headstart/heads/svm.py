@@ -12,12 +12,13 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from headstart.heads.softmax import (
-    _param_error,
+    param_error,
     check_class_weight,
     check_positive,
     check_X,
     check_Xy,
     fold_standardization,
+    linear_scores,
     softmax_rows,
     standardize_stats,
 )
@@ -34,12 +35,13 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     Probabilities: SVM margins are not probabilities, and a temperature fitted on the training
     margins would be over-confident (the SVM has already separated its own training set). So when
-    every class has at least 3 samples, ``predict_proba`` comes from
-    ``CalibratedClassifierCV(method="sigmoid", cv=3)``: Platt scaling fitted on held-out folds
-    (averaged over the 3 fold models). With fewer samples it falls back to a softmax of the decision
-    scores (sigmoid for two classes): usable for ranking, *not* calibrated (``calibrated_`` is False).
-    ``predict`` always uses the full-data SVM, so it can disagree with ``argmax(predict_proba)`` on
-    borderline samples (as with sklearn's ``SVC(probability=True)``).
+    every class has at least 3 samples, per-class Platt sigmoids ``1 / (1 + exp(a_k s_k + b_k))`` are
+    fitted on out-of-fold margins (sklearn ``CalibratedClassifierCV(method="sigmoid", cv=3,
+    ensemble=False)``) and normalised to sum to one; the scores ``s`` come from the single full-data
+    SVM (``coef_``), so the head is one linear map plus ``calib_a_`` / ``calib_b_``. With fewer
+    samples it falls back to a softmax of the margins (sigmoid for two classes): fine for ranking,
+    *not* calibrated (``calibrated_`` False, ``calib_a_`` None). ``argmax(predict_proba)`` can differ
+    from ``predict`` (raw margins) on borderline samples, as with sklearn's ``SVC(probability=True)``.
 
     >>> import numpy as np
     >>> X = np.array([[0.0], [1.0], [2.0], [3.0]]); y = np.array(["a", "a", "b", "b"])
@@ -76,7 +78,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         check_positive(name, "tol", self.tol)
         check_class_weight(name, self.class_weight)
         if not isinstance(self.standardize, (bool, np.bool_)):
-            raise _param_error(name, "standardize", "a bool", self.standardize)
+            raise param_error(name, "standardize", "a bool", self.standardize)
         X, y, sw = check_Xy(name, X, y, sample_weight)
         self.classes_, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
         self.n_features_in_ = X.shape[1]
@@ -89,25 +91,27 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_standardized(self, Z: np.ndarray, labels: np.ndarray, sw: np.ndarray, counts: np.ndarray) -> None:
+        self.calibrated_ = bool(counts.min() >= CALIBRATION_FOLDS)
+        self.calib_a_: np.ndarray | None = None
+        self.calib_b_: np.ndarray | None = None
         # sklearn resolves dict class weights by label; we fit on labels so dict keys keep their meaning.
-        svc = self._svc().fit(Z, labels, sample_weight=sw)
+        if self.calibrated_:
+            # Platt needs margins the SVM did not train on: out-of-fold ones (cv=3); ensemble=False
+            # keeps a single SVM refitted on all the data, the one predict() uses.
+            cal = CalibratedClassifierCV(self._svc(), method="sigmoid", cv=CALIBRATION_FOLDS, ensemble=False)
+            fitted = cal.fit(Z, labels, sample_weight=sw).calibrated_classifiers_[0]
+            svc = fitted.estimator
+            self.calib_a_ = np.array([c.a_ for c in fitted.calibrators], dtype=np.float64)
+            self.calib_b_ = np.array([c.b_ for c in fitted.calibrators], dtype=np.float64)
+        else:
+            svc = self._svc().fit(Z, labels, sample_weight=sw)
         self.n_iter_ = int(svc.n_iter_)
         self.coef_, self.intercept_ = fold_standardization(svc.coef_, svc.intercept_, self.mean_, self.scale_)
-        self.calibrated_ = bool(counts.min() >= CALIBRATION_FOLDS)
-        self.calibrator_: CalibratedClassifierCV | None = None
-        if self.calibrated_:
-            # Platt scaling needs scores the SVM did not train on: fit it on the held-out folds.
-            cal = CalibratedClassifierCV(self._svc(), method="sigmoid", cv=CALIBRATION_FOLDS)
-            self.calibrator_ = cal.fit(Z, labels, sample_weight=sw)
-
-    def _z(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "coef_")
-        X = check_X(type(self).__name__, X, self.n_features_in_)
-        return X.astype(np.float64, copy=False)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Signed margins, shape (N, K); shape (N,) for two classes (margin of ``classes_[1]``)."""
-        z = self._z(X) @ self.coef_.T + self.intercept_
+        check_is_fitted(self, "coef_")
+        z = linear_scores(check_X(type(self).__name__, X, self.n_features_in_), self.coef_, self.intercept_)
         return z[:, 0] if z.shape[1] == 1 else z
 
     def predict(self, X: Any) -> np.ndarray:
@@ -116,12 +120,14 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         return self.classes_[idx]
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities (N, K): Platt-calibrated when ``calibrated_``, else softmax of margins."""
-        if getattr(self, "calibrator_", None) is not None:
-            Z = (self._z(X) - self.mean_) / self.scale_
-            return self.calibrator_.predict_proba(Z)  # columns follow the same sorted classes_
-        z = self.decision_function(X)
-        if z.ndim == 1:
-            p1 = 1.0 / (1.0 + np.exp(-z))
-            return np.column_stack([1.0 - p1, p1])
-        return softmax_rows(z)
+        """Class probabilities (N, K): normalised Platt sigmoids when ``calibrated_``, else softmax of margins."""
+        s = self.decision_function(X)
+        s2 = s[:, None] if s.ndim == 1 else s
+        if self.calib_a_ is None:
+            return softmax_rows(np.hstack([np.zeros_like(s2), s2]) if s.ndim == 1 else s2)
+        p = 1.0 / (1.0 + np.exp(self.calib_a_ * s2 + self.calib_b_))
+        if s.ndim == 1:
+            return np.column_stack([1.0 - p[:, 0], p[:, 0]])
+        total = p.sum(axis=1, keepdims=True)
+        # All sigmoids ~0 (far from every class): uniform, as sklearn does.
+        return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])

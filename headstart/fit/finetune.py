@@ -1,0 +1,112 @@
+"""Strategy "finetune": a new head, the first K stages frozen, the rest trained at a smaller learning rate.
+
+LP-FT by default: the new head starts from a linear probe on the (cached) pooled codes, so the first
+steps refine good features instead of back-propagating a random head's gradients into them.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from headstart.config import FitConfig
+from headstart.data import ImageFolder
+from headstart.data.augment import PcaLighting, compute_pca_lighting
+from headstart.evaluate.metrics import classification_metrics
+from headstart.fit.linear import SPLIT_IDS, extract_dataset, make_head, select
+from headstart.fit.rundir import RunDir
+from headstart.models import POOLED, Backbone, create_model
+from headstart.train import EMA, CurveLogger, EarlyStopping, ImageSet, SnapshotEnsemble, diagnose, evaluate, train
+
+
+def probe_head(model: Backbone, ds: ImageFolder, cfg: FitConfig, *, progress: bool) -> dict[str, Any]:
+    """Fit softmax regression on pooled codes (C chosen on val / CV, never test) and load it as the classifier."""
+    codes = extract_dataset(ds, model, [POOLED], cfg, progress=progress)
+    codes.split[codes.split == SPLIT_IDS["test"]] = -1  # not even visible to the probe
+    lin_cfg = replace(cfg, linear=replace(cfg.linear, head="softmax"))
+    (layer,), C, _ = select(codes, [(POOLED,)], lin_cfg, ds.classes)
+    fit_mask = codes.split == SPLIT_IDS["train"]
+    head = make_head(lin_cfg)(C).fit(codes.X((POOLED,), fit_mask), codes.labels[fit_mask])
+    model.reset_classifier(len(ds.classes), seed=cfg.data.seed)
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.as_tensor(np.asarray(head.coef_), dtype=torch.float32))
+        model.classifier.bias.copy_(torch.as_tensor(np.asarray(head.intercept_), dtype=torch.float32))
+    return {"C": C}
+
+
+def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    cfg = cfg.validate()
+    ft = cfg.finetune
+    run = RunDir(cfg.out)
+    run.write_config(cfg)
+    ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
+                     seed=cfg.data.seed)
+    run.write_json("splits.json", ds.to_dict())
+    model = create_model(cfg.model, drop_rate=ft.dropout, drop_path_rate=ft.drop_path)
+    t0 = time.perf_counter()
+    probe = probe_head(model, ds, cfg, progress=progress) if ft.head_init == "probe" else {}
+    if ft.head_init == "random":
+        model.reset_classifier(len(ds.classes), seed=cfg.data.seed)
+    probe_s = time.perf_counter() - t0
+
+    pca = None
+    if ft.augment.pca_lighting > 0:  # AlexNet lighting: eigen-decomposition of the training pixels, stored
+        vals, vecs = compute_pca_lighting([s.path for s in ds.splits["train"]], seed=cfg.data.seed)
+        pca = PcaLighting(vals, vecs, ft.augment.pca_lighting)
+        run.write_json("pca_lighting.json", pca.to_dict())
+    train_set = ImageSet.from_samples(ds.splits["train"], ft.augment, pca)
+    val_set = ImageSet.from_samples(ds.splits["val"]) if ds.splits.get("val") else None
+    if val_set is None:
+        warnings.warn("no validation split (val_fraction = 0 and no val folder): no early stopping, the last "
+                      "epoch is kept", stacklevel=2)
+    callbacks: list[Any] = [CurveLogger(run.path)]
+    if ft.ema > 0:
+        callbacks.append(EMA(ft.ema))
+    if val_set is not None:
+        callbacks.append(EarlyStopping(ft.patience))
+    snapshots = SnapshotEnsemble() if ft.snapshots else None
+    if snapshots is not None:
+        callbacks.append(snapshots)
+
+    t0 = time.perf_counter()
+    result = train(model, train_set, val_set, optim_cfg=ft.optim, sched_cfg=ft.schedule, epochs=ft.epochs,
+                   freeze=ft.freeze, freeze_bn=ft.freeze_bn, label_smoothing=ft.label_smoothing, callbacks=callbacks,
+                   seed=cfg.data.seed, run_dir=run.path, resume=resume, batch_size=cfg.engine.batch_size,
+                   backend=cfg.engine.backend, bf16=ft.bf16)
+    train_s = time.perf_counter() - t0
+    if val_set is None and ft.ema > 0:  # no early stopping restored a best state: keep the averaged weights
+        ema = next(c for c in callbacks if isinstance(c, EMA))
+        ema.swap(model).__enter__()
+
+    t0 = time.perf_counter()
+    model.eval()
+    test_set = ImageSet.from_samples(ds.splits["test"])
+    if snapshots is not None:
+        probs, labels = snapshots.predict(model, test_set, tta=ft.tta, batch_size=cfg.engine.batch_size)
+    else:
+        probs, labels = evaluate(model, test_set, tta=ft.tta, batch_size=cfg.engine.batch_size)
+    eval_s = time.perf_counter() - t0
+
+    from headstart.bundle import save_finetune_bundle
+
+    save_finetune_bundle(run.bundle, model=model, classes=ds.classes)
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
+    metrics = {
+        "strategy": "finetune", "model": cfg.model, "layer": "all", "classes": ds.classes, "seed": cfg.data.seed,
+        "freeze": ft.freeze, "head_init": ft.head_init, **({"probe_C": probe["C"]} if probe else {}),
+        "counts": {k: len(v) for k, v in ds.splits.items()} | {k: 0 for k in SPLIT_IDS if k not in ds.splits},
+        "val": {"accuracy": best.get("val_acc", float("nan")), "loss": best.get("val_loss", float("nan")),
+                "protocol": f"validation split, best epoch {result.best_epoch}"},
+        "test": classification_metrics(labels, probs, ds.classes) | {"tta": ft.tta,
+                                                                    "snapshots": len(snapshots.saved) if snapshots else 0},
+        "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                     "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
+        "timing": {"probe_s": round(probe_s, 3), "train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
+    }
+    run.write_json("metrics.json", metrics)
+    return metrics
