@@ -145,7 +145,10 @@ def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
     taps = list(meta["taps"])
 
     def to_proba(outs: tuple[np.ndarray, ...]) -> np.ndarray:
-        return head.predict_proba(np.concatenate(outs, axis=1))
+        # The head was fitted on cached codes, which are float16: round live codes the same way so that
+        # prediction sees exactly the features training saw (this matters for strongly weighted heads).
+        codes = np.concatenate(outs, axis=1).astype(np.float16).astype(np.float32)
+        return head.predict_proba(codes)
 
     predictor = Predictor(CodesModule(backbone, taps), spec, meta["classes"], to_proba, backend=backend)
     return LoadedModel(list(meta["classes"]), meta["model"], taps, meta, predictor)

@@ -113,3 +113,16 @@ def test_bad_input_is_one_actionable_line(case: str, tmp_path: Path, capsys: pyt
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert expect.lower() in err.lower(), err
+
+
+def test_bundle_keeps_fortran_ordered_coefficients(tmp_path: Path) -> None:
+    """safetensors writes raw buffers: a Fortran-ordered coef_ (as sklearn can return) must survive."""
+    from headstart.bundle import HEAD, save_linear_bundle
+    from headstart.heads.params import LinearParams
+    from headstart.models import PreprocessSpec
+    from safetensors.numpy import load_file
+
+    coef = np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4))
+    save_linear_bundle(tmp_path, model="tiny_test", weights_id="tiny-seed0", taps=["pooled"],
+                       spec=PreprocessSpec(32), classes=["a", "b", "c"], head=LinearParams(coef, np.zeros(3)))
+    assert np.array_equal(load_file(str(tmp_path / HEAD))["coef"], coef)

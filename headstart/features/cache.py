@@ -191,6 +191,8 @@ class FeatureCache:
         if not (d / "meta.json").exists():
             atomic_write(d / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
         name = f"chunk-{uuid.uuid4().hex}.safetensors"
+        # C order: safetensors.numpy writes the raw buffer whatever the strides.
+        codes = np.ascontiguousarray(codes)
         atomic_write(d / name, _st_save({"codes": codes}, metadata={"hashes": json.dumps(hashes)}))
         # Make our own commit visible to this process at once (the extractor reads back what it wrote);
         # no directory scan here: that would cost O(chunks) per commit.

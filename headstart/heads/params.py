@@ -43,10 +43,11 @@ class LinearParams:
         return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"coef": self.coef.astype(np.float32), "intercept": self.intercept.astype(np.float32)}
+        # C order: safetensors writes the raw buffer, and sklearn's coef_ can be Fortran-ordered.
+        out = {"coef": self.coef, "intercept": self.intercept}
         if self.calib_a is not None and self.calib_b is not None:
-            out |= {"calib_a": self.calib_a.astype(np.float32), "calib_b": self.calib_b.astype(np.float32)}
-        return out
+            out |= {"calib_a": self.calib_a, "calib_b": self.calib_b}
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], proba: str) -> LinearParams:

@@ -79,7 +79,7 @@ class _Evaluator:
 
     def run(self, Cs: Sequence[float] | None) -> SweepResult:
         grid = COARSE_CS if Cs is None else np.asarray(Cs, dtype=float)
-        for C in sorted(grid):  # increasing C: each solution warm-starts the next, larger-norm one
+        for C in sorted(set(grid.tolist())):  # increasing C: each solution warm-starts the next, larger-norm one
             self(float(C))
         if Cs is None:
             c0 = self.best_C()
@@ -109,7 +109,10 @@ def _key(C: float, score: tuple[float, float]) -> tuple[float, float, float]:
 def _check_Cs(owner: str, Cs: Sequence[float] | None) -> None:
     if Cs is None:
         return
-    arr = np.asarray(Cs, dtype=float) if len(Cs) else np.empty(0)
+    try:
+        arr = np.asarray(Cs, dtype=float)
+    except (TypeError, ValueError):
+        arr = np.empty(0)
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
         raise ConfigError(f"{owner}: 'Cs' must be a non-empty list of finite floats > 0. Got {Cs!r} instead.")
 
@@ -117,7 +120,9 @@ def _check_Cs(owner: str, Cs: Sequence[float] | None) -> None:
 def _check_xy(owner: str, X: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     X, y = check_X(owner, X), np.asarray(y)
     if y.ndim != 1 or len(y) != len(X):
-        raise ConfigError(f"{owner}: X{what} has {len(X)} rows but y{what} has shape {y.shape}; pass one label per row.")
+        raise ConfigError(
+            f"{owner}: X{what} has {len(X)} rows but y{what} has shape {y.shape}; pass one label per row."
+        )
     return X, y
 
 

@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from headstart.errors import ConfigError
+from headstart.heads.params import LinearParams
 
 # "auto" uses torch for float32 codes with at least this many entries (N*D), sklearn otherwise.
 # Measured with benchmarks/bench_heads.py (2-core CPU, K=6, C=1): see the SoftmaxRegression docstring.
@@ -96,15 +97,20 @@ def class_sample_weight(owner: str, class_weight: Any, classes: np.ndarray, y_id
 
 
 def standardize_stats(X: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) per feature, in float64. Zero-variance features get scale 1 (left centred, not blown up)."""
+    """(mean, scale) per feature, in float64: ``scale = sqrt(std^2 + eps^2)``, eps = 1e-3 x median std.
+
+    The epsilon stops nearly-dead channels (std far below the typical feature's, e.g. a ReLU unit
+    that fired once, or float16 rounding noise in cached codes) from being blown up to unit variance
+    and then carrying weights of 1e4+ in the original space. Constant features map to exactly 0.
+    """
     d = X.shape[1]
     if not enabled:
         return np.zeros(d), np.ones(d)
     mean = X.mean(axis=0, dtype=np.float64)
     std = X.std(axis=0, dtype=np.float64)
-    # Below ~1e-7 relative to the mean a float32 feature is rounding noise, i.e. constant.
-    constant = std <= np.maximum(1e-7 * np.abs(mean), 1e-12)
-    return mean, np.where(constant, 1.0, std)
+    live = std > 0
+    eps = 1e-3 * float(np.median(std[live])) if live.any() else 1.0
+    return mean, np.sqrt(std**2 + eps**2)
 
 
 def fold_standardization(W: np.ndarray, b: np.ndarray, mean: np.ndarray, scale: np.ndarray):
@@ -328,6 +334,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             p1 = 1.0 / (1.0 + np.exp(-z))
             return np.column_stack([1.0 - p1, p1])
         return softmax_rows(z)
+
+    def to_params(self) -> LinearParams:
+        """The fitted head as plain arrays (what a bundle stores); same ``predict_proba``."""
+        check_is_fitted(self, "coef_")
+        return LinearParams(self.coef_, self.intercept_, "softmax")
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         return np.log(np.clip(self.predict_proba(X), 1e-300, None))

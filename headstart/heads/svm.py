@@ -11,6 +11,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
+from headstart.heads.params import LinearParams
 from headstart.heads.softmax import (
     param_error,
     check_class_weight,
@@ -118,6 +119,13 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         z = self.decision_function(X)
         idx = (z > 0).astype(int) if z.ndim == 1 else z.argmax(axis=1)
         return self.classes_[idx]
+
+    def to_params(self) -> LinearParams:
+        """The fitted head as plain arrays (what a bundle stores); same ``predict_proba``."""
+        check_is_fitted(self, "coef_")
+        if self.calib_a_ is None:
+            return LinearParams(self.coef_, self.intercept_, "softmax")
+        return LinearParams(self.coef_, self.intercept_, "ovr_sigmoid", self.calib_a_, self.calib_b_)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (N, K): normalised Platt sigmoids when ``calibrated_``, else softmax of margins."""
