@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -143,17 +144,12 @@ TORCH_SINGLE_THREAD_MAX_WORK = 20_000_000
 
 
 def torch_thread_count(work: int) -> int:
-    """Threads for one L-BFGS fit: 1 for small problems or when the CPUs are already oversubscribed.
+    """Threads for one L-BFGS fit: 1 for small problems, torch's default for big ones.
 
-    torch's OpenMP workers spin-wait between the many small ops of an L-BFGS step; with more runnable
-    threads than cores (1-min load average above the core count) 2 threads ran 3-10x *slower* than 1
-    in our benchmark, while on an idle machine they were ~2x faster for big problems.
+    Decided by the problem size only, never by machine load: thread count changes float reduction
+    order, and the same data with the same seed must give the same head (reproducible metrics.json).
     """
-    if work <= TORCH_SINGLE_THREAD_MAX_WORK:
-        return 1
-    getloadavg = getattr(os, "getloadavg", None)  # absent on Windows
-    busy = getloadavg is not None and getloadavg()[0] > (os.cpu_count() or 1) + 0.5
-    return 1 if busy else torch.get_num_threads()
+    return 1 if work <= TORCH_SINGLE_THREAD_MAX_WORK else torch.get_num_threads()
 
 
 @contextmanager
@@ -331,7 +327,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         """Class probabilities, shape (N, K), columns in ``classes_`` order."""
         z = self.decision_function(X)
         if z.ndim == 1:
-            p1 = 1.0 / (1.0 + np.exp(-z))
+            p1 = expit(z)
             return np.column_stack([1.0 - p1, p1])
         return softmax_rows(z)
 
