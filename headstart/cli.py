@@ -38,7 +38,8 @@ def models(
     from headstart.models import create_model, list_models, model_entry
 
     table = Table(title="headstart model zoo")
-    for col in ("name", "params", "input", "ImageNet top-1", "weights", "description"):
+    table.add_column("name", no_wrap=True)  # the one thing users copy: never truncated
+    for col in ("params", "input", "top-1", "weights", "notes"):
         table.add_column(col)
     for name in list_models(pattern):
         entry = model_entry(name)
@@ -269,7 +270,7 @@ def main() -> None:
     """Console-script entry point: expected errors become one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
     try:
-        app()
+        app(prog_name="headstart")
     except HeadstartError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)

@@ -102,11 +102,11 @@ def _lite_builder(name: str) -> Callable[..., Backbone]:
 
 for _name, (_cfg, _weights) in EFFICIENTNET_LITE.items():
     register_model(ZooEntry(_name, _lite_builder(_name), _cfg.input_size, _weights,
-                            f"EfficientNet-Lite ({_cfg.width}x width, {_cfg.depth}x depth), ImageNet-1k"))
+                            f"ImageNet-1k ({_cfg.width}w × {_cfg.depth}d)"))
 
 
 def _tiny(drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> Backbone:
     return TinyNet(drop_rate=drop_rate)
 
 
-register_model(ZooEntry("tiny_test", _tiny, 32, None, "tiny random network for tests (no pretrained weights)"))
+register_model(ZooEntry("tiny_test", _tiny, 32, None, "random, for tests"))

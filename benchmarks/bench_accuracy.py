@@ -1,0 +1,74 @@
+"""Test accuracy of the strategies on the real datasets, same seed, one table.
+
+    python benchmarks/bench_accuracy.py --dataset brain_mri --out runs/bench
+    python benchmarks/bench_accuracy.py --dataset intel_scenes_small --only linear_top,linear_auto
+
+Each row is a `headstart fit` run (the equivalent CLI command is printed beside it); results go to
+RUN/<dataset>/<name>/metrics.json and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from headstart.config import DataConfig, FinetuneConfig, FitConfig, LinearConfig
+from headstart.data.augment import AugmentConfig
+from headstart.fit import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_AUG = AugmentConfig(hflip=False, crop="center")
+EPOCHS = 6
+
+# name → (FitConfig changes, equivalent CLI flags)
+CONFIGS: dict[str, tuple[dict, str]] = {
+    "linear_top": ({"strategy": "linear", "linear": LinearConfig(layer="pooled")}, "--layer pooled"),
+    "linear_auto": ({"strategy": "linear", "linear": LinearConfig(layer="auto")}, "--layer auto"),
+    "ft_k7": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=7, epochs=EPOCHS, augment=NO_AUG)},
+              f"--strategy finetune --freeze 7 --epochs {EPOCHS} --no-augment"),
+    "ft_k6": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=6, epochs=EPOCHS, augment=NO_AUG)},
+              f"--strategy finetune --freeze 6 --epochs {EPOCHS} --no-augment"),
+    "ft_k5_aug": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS)},
+                  f"--strategy finetune --freeze 5 --epochs {EPOCHS}"),
+    "ft_k5_aug_ema_tta": ({"strategy": "finetune",
+                           "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS, ema=0.998, tta="flip")},
+                          f"--strategy finetune --freeze 5 --epochs {EPOCHS} --ema 0.998 --tta flip"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="brain_mri")
+    ap.add_argument("--datasets-root", type=Path, default=ROOT.parent / "shared" / "datasets")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    ap.add_argument("--only", default=",".join(CONFIGS))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    data = args.datasets_root / args.dataset
+    rows = []
+    for name in args.only.split(","):
+        changes, flags = CONFIGS[name]
+        out = args.out / args.dataset / name
+        cfg = replace(FitConfig(out=str(out), data=DataConfig(path=str(data), seed=args.seed)), **changes)
+        t0 = time.perf_counter()
+        m = fit(cfg, progress=False)
+        rows.append((name, flags, m, time.perf_counter() - t0))
+        print(f"{name}: test {m['test']['accuracy']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        (args.out / args.dataset / "results.json").write_text(json.dumps(
+            [{"name": n, "flags": f, "test_accuracy": r["test"]["accuracy"], "val_accuracy": r["val"]["accuracy"],
+              "layer": r.get("layer"), "seconds": s} for n, f, r, s in rows], indent=2))
+    print(f"\n{args.dataset} (seed {args.seed}; test split untouched by every choice)\n")
+    print("| run | `headstart fit DATA` flags | layer / freeze | val acc | test acc | balanced | time |")
+    print("|---|---|---|---|---|---|---|")
+    for name, flags, m, secs in rows:
+        what = m["layer"] if m["strategy"] == "linear" else f"freeze {m['freeze']}, best epoch " \
+            f"{m['training']['best_epoch']}/{m['training']['epochs_run']}"
+        print(f"| {name} | `{flags}` | {what} | {m['val']['accuracy']:.1%} | {m['test']['accuracy']:.1%} | "
+              f"{m['test']['balanced_accuracy']:.1%} | {secs:.0f}s |")
+
+
+if __name__ == "__main__":
+    main()
