@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import warnings
@@ -10,9 +11,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from headstart.errors import HeadstartError
+from headstart.errors import ConfigError, HeadstartError
 
 app = typer.Typer(
     help="Transfer learning for image classifiers: a pretrained ConvNet as a fixed feature extractor "
@@ -28,6 +30,22 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 BackendOpt = Annotated[str, typer.Option(help="Inference engine: auto, openvino, onnxruntime or torch.")]
+BATCH_HELP = "Images per batch, or auto: start at 64 and halve on out-of-memory"
+
+
+def _batch_size(value: str | None) -> int | None:
+    """``--batch-size``: a positive integer, or ``auto`` (0 in ``EngineConfig``)."""
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        return 0
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--batch-size must be a positive integer or auto; got {value!r}")
+    return n
 
 
 @app.command()
@@ -77,7 +95,7 @@ def predict(
             print(json.dumps(p.to_dict()), flush=True)
         else:
             best = "  ".join(f"{lbl} {prob:.1%}" for lbl, prob in p.top)
-            console.print(f"[bold]{p.path}[/bold]  {best}", highlight=False)
+            console.print(f"[bold]{escape(str(p.path))}[/bold]  {escape(best)}", highlight=False)
     if not result.predictions:
         raise HeadstartError("no image could be decoded; check the paths (see warnings above)")
 
@@ -118,12 +136,13 @@ def fit(
                                                     "validation split [default: 5].")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for splits and training [default: 0].")] = None,
     backend: Annotated[Optional[str], typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch [default: 32].")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help=f"{BATCH_HELP} (finetune then trains with 32) "
+                                                      "[default: 32].")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: ~/.cache/headstart].")] = None,
     freeze: Annotated[Optional[int], typer.Option(help="finetune: first K stages frozen (no gradients, BN "
                                                   "statistics fixed); 0 = train all [default: 5].")] = None,
-    freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--no-freeze-bn", help="finetune: also fix "
-                                                      "BN statistics of trainable stages.")] = None,
+    freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--no-freeze-bn", help="finetune: keep BN "
+                                                      "statistics of trainable stages fixed too [default: on].")] = None,
     head_init: Annotated[Optional[str], typer.Option(help="finetune: probe (start from a linear probe, LP-FT) "
                                                      "or random [default: probe].")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="finetune: epochs [default: 10].")] = None,
@@ -160,13 +179,12 @@ def fit(
     --strategy linear trains a linear classifier on cached CNN codes; --strategy finetune trains the top
     of the network with a new head. Every option can be set in a TOML file (--config).
     """
-    from headstart.evaluate.report import summary_text
     from headstart.fit import fit as run_fit
 
     overrides = _given(out=str(out) if out else None, strategy=strategy, model=model)
     overrides["data"] = _given(path=str(data) if data else None, val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed)
-    overrides["engine"] = _given(backend=backend, batch_size=batch_size,
+    overrides["engine"] = _given(backend=backend, batch_size=_batch_size(batch_size),
                                  cache_dir=str(cache_dir) if cache_dir else None)
     overrides["linear"] = _given(layer=layer, head=head, C=c, class_weight=class_weight, cv_folds=cv_folds)
     overrides["finetune"] = _given(freeze=freeze, freeze_bn=freeze_bn, head_init=head_init, epochs=epochs,
@@ -182,9 +200,7 @@ def fit(
         overrides["out"] = str(resume)
     cfg = _fit_config(config, overrides)
     metrics = run_fit(cfg, progress=not quiet, resume=resume is not None)
-    text = summary_text(metrics, cfg.out)
-    Path(cfg.out, "summary.txt").write_text(text + "\n", encoding="utf-8")
-    console.print(text, highlight=False)
+    _report(metrics, cfg.out)
 
 
 @app.command()
@@ -194,7 +210,7 @@ def extract(
     model: Annotated[str, typer.Option("--model", "-m", help="Backbone name.")] = "efficientnet_lite0",
     layer: Annotated[str, typer.Option(help="Tap(s), comma-separated: e.g. pooled or stage5,stage6.")] = "pooled",
     backend: BackendOpt = "auto",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[str, typer.Option(help=BATCH_HELP + ".")] = "32",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: ~/.cache/headstart].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split recorded beside the codes.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -202,9 +218,9 @@ def extract(
     """Write CNN codes (float16 .npy per tap) with paths, labels and splits (index.json)."""
     from headstart.features.command import run_extract
 
-    summary = run_extract(data, out, model=model, layer=layer, backend=backend, batch_size=batch_size,
+    summary = run_extract(data, out, model=model, layer=layer, backend=backend, batch_size=_batch_size(batch_size),
                           cache_dir=cache_dir, seed=seed, progress=not quiet)
-    console.print(summary, highlight=False)
+    console.print(escape(summary), highlight=False)
 
 
 cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True)
@@ -246,7 +262,6 @@ def demo(
 
     from headstart.config import DataConfig, EngineConfig, FitConfig, LinearConfig
     from headstart.demo import write_digits_folder
-    from headstart.evaluate.report import summary_text
     from headstart.fit import fit as run_fit
 
     t0 = time.perf_counter()
@@ -256,24 +271,60 @@ def demo(
                     engine=EngineConfig(cache_dir=str(workdir / "cache")), linear=LinearConfig(layer="auto"))
     console.print(f"demo: scikit-learn digits (1797 scans, 10 classes) written to {data}/", highlight=False)
     metrics = run_fit(cfg, progress=not quiet)
-    text = summary_text(metrics, run_dir)
-    Path(run_dir, "summary.txt").write_text(text + "\n", encoding="utf-8")
-    console.print(text, highlight=False)
+    _report(metrics, run_dir)
     console.print(f"demo finished in {time.perf_counter() - t0:.1f}s", highlight=False)
 
 
+def _report(metrics: dict, run_dir: str | Path) -> None:
+    """Print the run's summary and save it as RUN_DIR/summary.txt."""
+    from headstart.evaluate.report import summary_text
+    from headstart.fit.rundir import RunDir
+
+    text = summary_text(metrics, run_dir)
+    RunDir(run_dir).write_text("summary.txt", text + "\n")
+    console.print(escape(text), highlight=False)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    # escape: a path such as "photos/[red]cat.jpg" is text, not rich markup.
+    err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
+
+
+# OSErrors that are the machine's state, not a bug: one line saying what to do instead of a traceback.
+_DISK_ERRORS = {
+    errno.ENOSPC: "free some space, or write elsewhere (--out, --cache-dir); results saved before are intact",
+    errno.EDQUOT: "free some space within your quota, or write elsewhere (--out, --cache-dir)",
+    errno.EROFS: "the file system is read-only: choose another --out / --cache-dir",
+    errno.EACCES: "check the permissions, or choose another --out / --cache-dir",
+}
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {escape(' '.join(message.splitlines()))}", highlight=False)
+    sys.exit(2)
 
 
 def main() -> None:
     """Console-script entry point: expected errors become one line on stderr and exit code 2."""
+    from headstart.engine.base import is_out_of_memory
+
     warnings.showwarning = _show_warning
+    # File names are bytes on Linux; one that is not UTF-8 (b"caf\xe9.jpg") reaches us as a lone surrogate,
+    # which a strict UTF-8 stdout refuses: print the original bytes instead, as `ls` does.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         app(prog_name="headstart")
     except HeadstartError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:
+        if e.errno not in _DISK_ERRORS:
+            raise
+        _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}; {_DISK_ERRORS[e.errno]}")
+    except Exception as e:  # noqa: BLE001 - only allocation failures are handled here, see is_out_of_memory
+        if not is_out_of_memory(e):
+            raise
+        _fail(f"out of memory ({type(e).__name__}); use a smaller --batch-size, or --batch-size auto")
     except KeyboardInterrupt:
         err.print("interrupted; finished work is saved and a rerun resumes from it")
         sys.exit(130)

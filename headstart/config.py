@@ -41,7 +41,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     backend: str = "auto"  # auto | openvino | onnxruntime | torch
-    batch_size: int = 32
+    batch_size: int = 32  # 0 = auto: extraction starts at 64 and halves on out-of-memory (--batch-size auto)
     cache_dir: str = ""  # "" → $HEADSTART_CACHE or ~/.cache/headstart/features
 
 
@@ -58,7 +58,10 @@ class LinearConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     freeze: int = 5  # first K stages frozen (lr 0, BN statistics fixed); 0 fine-tunes everything
-    freeze_bn: bool = False  # also fix the BatchNorm statistics of the trainable stages
+    # BatchNorm of the trainable stages in inference mode too (running statistics fixed). On by default:
+    # with batch statistics, features shift away from those the probe head was fitted on (measured on
+    # brain_mri: first-epoch val loss 2.37 instead of 0.34); turn off for large datasets far from ImageNet.
+    freeze_bn: bool = True
     head_init: str = "probe"  # probe: start the new head from a linear probe on the codes (LP-FT); random
     epochs: int = 10
     label_smoothing: float = 0.1
@@ -97,8 +100,8 @@ class FitConfig:
             v = getattr(self.data, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1); got {v}")
-        if self.engine.batch_size < 1:
-            raise ConfigError(f"engine.batch_size must be >= 1; got {self.engine.batch_size}")
+        if self.engine.batch_size < 0:
+            raise ConfigError(f"engine.batch_size must be >= 1, or 0 for auto; got {self.engine.batch_size}")
         ft = self.finetune
         if ft.head_init not in HEAD_INITS:
             raise ConfigError(f"finetune.head_init must be one of {', '.join(HEAD_INITS)}; got {ft.head_init!r}")
