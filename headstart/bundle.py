@@ -1,8 +1,10 @@
 """Trained model bundles: safetensors + JSON, never pickle.
 
 A bundle is a folder (``RUN_DIR/bundle``) with ``bundle.json`` (format, backbone name and weights id,
-taps, preprocessing, class names, head kind) and ``head.safetensors`` (the head's arrays). File names are
-fixed, so nothing in a bundle can point outside it.
+taps, preprocessing, class names, head kind, SHA-256 of the tensors file) and ``head.safetensors`` (the
+head's arrays) or ``weights.safetensors`` (a fine-tuned network). File names are fixed, so nothing in a
+bundle can point outside it; any other key of ``bundle.json`` is ignored, and a tensors file that is a
+symlink to outside the folder is refused.
 
 >>> model = load("runs/flowers")  # doctest: +SKIP
 >>> model.predict(["rose.jpg"]).predictions[0].top[0]  # doctest: +SKIP
@@ -11,9 +13,9 @@ fixed, so nothing in a bundle can point outside it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +23,15 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from headstart.engine.codes import CodesModule
-from headstart.errors import BundleError, HeadstartError
+from headstart.errors import BundleError, HeadstartError, name_file
+from headstart.features.atomic import clean_stale_tmp, tmp_path_for
+from headstart.features.cache import hash_file
 from headstart.heads.params import LinearParams
 from headstart.models import Backbone, PreprocessSpec, create_model
-from headstart.predict import softmax
-from headstart.predict import PredictResult, Predictor
+from headstart.predict import Predictor, PredictResult, softmax
 
 FORMAT = "headstart.bundle/1"
 META, HEAD, WEIGHTS = "bundle.json", "head.safetensors", "weights.safetensors"
@@ -37,39 +40,51 @@ META, HEAD, WEIGHTS = "bundle.json", "head.safetensors", "weights.safetensors"
 def save_linear_bundle(path: str | Path, *, model: str, weights_id: str, taps: Sequence[str], spec: PreprocessSpec,
                        classes: Sequence[str], head: LinearParams) -> Path:
     """Write a fixed-extractor bundle (backbone reference + linear head) atomically into ``path``."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "kind": "linear", "model": model, "weights_id": weights_id, "taps": list(taps),
             "preprocess": spec.to_dict(), "classes": list(classes), "head": {"proba": head.proba}}
-    _atomic(path / HEAD, lambda tmp: save_file(head.arrays(), tmp))
-    _atomic(path / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2), encoding="utf-8"))
-    return path
+    return _publish(Path(path), HEAD, head.arrays(), meta)
 
 
 def save_finetune_bundle(path: str | Path, *, model: Backbone, classes: Sequence[str]) -> Path:
     """Write a fine-tuned bundle: the whole network's weights (safetensors) + JSON."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "kind": "finetune", "model": model.name, "weights_id": model.weights_id,
             "taps": [], "preprocess": model.spec.to_dict(), "classes": list(classes),
             "num_classes": model.num_classes, "drop_rate": model.drop_rate}
     state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
-    _atomic(path / WEIGHTS, lambda tmp: save_file(state, tmp))
-    _atomic(path / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2), encoding="utf-8"))
-    return path
+    return _publish(Path(path), WEIGHTS, state, meta)
 
 
-def _atomic(dest: Path, write) -> None:  # noqa: ANN001
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
+def _publish(folder: Path, tensors_name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write both files under temp names (fsynced) before renaming either into place.
+
+    An error while writing (a full disk) therefore leaves the previous bundle whole; only a kill between
+    the two renames can pair new tensors with old JSON, and the SHA-256 in ``bundle.json`` reveals that.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(folder)
+    tmp_t, tmp_m = tmp_path_for(folder / tensors_name), tmp_path_for(folder / META)
     try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        # Serialised in memory and written by Python: safetensors' own file writer reports a full disk as a
+        # SafetensorError, not as the OSError(ENOSPC) the CLI turns into a one-line message.
+        data = save(arrays)
+        tmp_t.write_bytes(data)
+        _fsync(tmp_t)
+        meta = {**meta, "sha256": {tensors_name: hashlib.sha256(data).hexdigest()}}
+        tmp_m.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _fsync(tmp_m)
+        os.replace(tmp_t, folder / tensors_name)
+        os.replace(tmp_m, folder / META)
+    except OSError as e:
+        raise name_file(e, folder) from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp_t.unlink(missing_ok=True)
+        tmp_m.unlink(missing_ok=True)
+    return folder
+
+
+def _fsync(file: Path) -> None:
+    with open(file, "rb") as f:
+        os.fsync(f.fileno())
 
 
 @dataclass
@@ -93,8 +108,15 @@ class LoadedModel:
         return probs
 
 
-def _load_arrays(file: Path) -> dict[str, np.ndarray]:
+def _load_arrays(folder: Path, name: str, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    file = folder / name
+    if not os.path.realpath(file).startswith(os.path.realpath(folder) + os.sep):
+        raise BundleError(f"{file} links to outside the bundle folder; refusing to load it")
+    expected = (meta.get("sha256") or {}).get(name)  # absent in bundles written before checksums
     try:
+        if expected is not None and hash_file(file) != expected:
+            raise BundleError(f"{file} does not match the checksum in {META} (an interrupted write, or the file "
+                              "was replaced); refusing to load it: re-run `headstart fit`")
         return load_file(str(file))  # safetensors: tensors only, no code can run
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{file} is not a valid safetensors file ({e}); refusing to load it") from None
@@ -133,7 +155,15 @@ def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
     kind = meta.get("kind")
     if kind not in ("linear", "finetune"):
         raise BundleError(f"{meta_file}: unknown bundle kind {kind!r}; expected linear or finetune")
-    arrays = _load_arrays(folder / (HEAD if kind == "linear" else WEIGHTS))
+    try:
+        return _load(folder, meta, kind, backend)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of the wrong type
+        raise BundleError(f"{meta_file}: missing or invalid field ({type(e).__name__}: {e}); the bundle is "
+                          "damaged, re-run `headstart fit`") from None
+
+
+def _load(folder: Path, meta: dict[str, Any], kind: str, backend: str) -> LoadedModel:
+    arrays = _load_arrays(folder, HEAD if kind == "linear" else WEIGHTS, meta)
     if kind == "finetune":
         return _load_finetune(meta, arrays, backend)
     backbone = create_model(meta["model"], pretrained=True)

@@ -306,8 +306,6 @@ def _fail(message: str) -> None:
 
 def main() -> None:
     """Console-script entry point: expected errors become one line on stderr and exit code 2."""
-    from headstart.engine.base import is_out_of_memory
-
     warnings.showwarning = _show_warning
     # File names are bytes on Linux; one that is not UTF-8 (b"caf\xe9.jpg") reaches us as a lone surrogate,
     # which a strict UTF-8 stdout refuses: print the original bytes instead, as `ls` does.
@@ -320,8 +318,10 @@ def main() -> None:
     except OSError as e:
         if e.errno not in _DISK_ERRORS:
             raise
-        _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}; {_DISK_ERRORS[e.errno]}")
-    except Exception as e:  # noqa: BLE001 - only allocation failures are handled here, see is_out_of_memory
+        _fail(f"{str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}; {_DISK_ERRORS[e.errno]}")
+    except Exception as e:  # only allocation failures are handled here, see is_out_of_memory
+        from headstart.engine.base import is_out_of_memory  # lazy: imports torch
+
         if not is_out_of_memory(e):
             raise
         _fail(f"out of memory ({type(e).__name__}); use a smaller --batch-size, or --batch-size auto")

@@ -36,3 +36,19 @@ class ConfigError(HeadstartError):
 
 class BundleError(HeadstartError):
     """A saved model bundle is missing, incomplete or unsafe."""
+
+
+class CheckpointError(HeadstartError):
+    """A training checkpoint is missing, damaged or unsafe."""
+
+
+class NonFiniteError(HeadstartError):
+    """NaN or infinite numbers where finite ones are required (CNN codes, predictions)."""
+
+
+def name_file(e: OSError, path: object) -> OSError:
+    """``e`` naming ``path`` when the OS named no file (``write``/``fsync`` errors such as ENOSPC do not),
+    so that the one-line error says *where* the disk was full."""
+    if e.filename is None:
+        e.filename = str(path)
+    return e

@@ -11,6 +11,7 @@ from torch import nn
 
 from headstart.data import BatchLoader, DecodeFailure, EvalTransform, find_images
 from headstart.engine import make_engine
+from headstart.errors import NonFiniteError
 from headstart.models import create_model, imagenet_labels
 from headstart.models.spec import PreprocessSpec
 
@@ -71,7 +72,12 @@ class Predictor:
         engine = self._get_engine()
         probs, idx = [], []
         for batch in loader:
-            probs.append(self.to_proba(engine(batch.images)))
+            p = self.to_proba(engine(batch.images))
+            if not np.isfinite(p).all():  # broken weights or engine: never print "nan%" as a prediction
+                bad = loader.paths[batch.indices[int(np.argmax(~np.isfinite(p).all(axis=1)))]]
+                raise NonFiniteError(f"the model produced NaN/inf probabilities, e.g. for {bad}; its weights are "
+                                     "damaged (re-run `headstart fit`) or the engine is faulty: try --backend torch")
+            probs.append(p)
             idx.extend(batch.indices)
         out = np.concatenate(probs) if probs else np.zeros((0, len(self.labels)), np.float32)
         return out, idx, list(loader.failures)

@@ -10,7 +10,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from headstart.data.decode import IMAGE_EXTENSIONS, is_image_file
@@ -42,21 +42,42 @@ def _visible_dirs(folder: Path) -> list[Path]:
     )
 
 
-def _scan_images(top: Path) -> list[Path]:
+def _within(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
     """Image files below ``top``, recursively and sorted; hidden entries skipped.
 
     Symlinked folders are followed (people link class folders in), but each real directory is
-    visited once, so a symlink loop cannot hang the scan.
+    visited once, so a symlink loop cannot hang the scan. A link back up to a folder containing
+    ``top`` (``cat/loop -> ..``) is skipped, and so is, when ``root`` (the dataset) is given, a link
+    to elsewhere inside ``root``: following them would label other classes' images as ``top``'s.
     """
     found: list[Path] = []
     seen: set[str] = set()
+    top_real = os.path.realpath(top)
+    root_real = os.path.realpath(root) if root is not None else None
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS):
+            target = os.path.realpath(os.path.join(dirpath, d))
+            if target in seen:  # a loop back to a folder already scanned: harmless, nothing to follow
+                continue
+            loop = _within(top_real, target)
+            if loop or (root_real is not None and _within(target, root_real) and not _within(target, top_real)):
+                what = "a folder containing it (a loop)" if loop else "another part of the dataset"
+                warnings.warn(f"{Path(dirpath, d)}: symlink to {what}, {target}; not followed, so that no image "
+                              f"is counted twice or under the wrong label", stacklevel=4)
+                continue
+            keep.append(d)
+        dirnames[:] = keep
         found.extend(Path(dirpath, f) for f in filenames if is_image_file(Path(f)))
     return sorted(found)
 
@@ -142,13 +163,17 @@ class ImageFolder:
 
     def _scan_classes(self, folder: Path) -> dict[str, list[Path]]:
         class_dirs = _visible_dirs(folder)
+        if loops := [d for d in class_dirs if _within(os.path.realpath(folder), os.path.realpath(d))]:
+            warnings.warn(f"{', '.join(map(str, loops))}: symlink to a folder containing the dataset (a loop); "
+                          "skipped, not a class", stacklevel=3)
+            class_dirs = [d for d in class_dirs if d not in loops]
         if not class_dirs:
             n_loose = sum(1 for p in folder.iterdir() if p.is_file() and is_image_file(p))
             hint = f" (found {n_loose} images directly inside it)" if n_loose else ""
             raise DatasetError(
                 f"{folder}: no class folders{hint}; put the images in one subfolder per class, e.g. {folder}/cat/1.jpg"
             )
-        by_class = {d.name: _scan_images(d) for d in class_dirs}
+        by_class = {d.name: _scan_images(d, root=self.root) for d in class_dirs}
         empty = [str(folder / c) for c, paths in by_class.items() if not paths]
         if len(empty) == len(by_class):
             raise DatasetError(
@@ -289,6 +314,11 @@ class ImageFolder:
                 raise DatasetError(
                     f"invalid split record: bad labels in {split}; re-create it with ImageFolder.to_dict()"
                 )
+            if escaping := [str(p) for p in paths if not _relative_inside(str(p))]:
+                raise DatasetError(
+                    f"invalid split record: {split} path {escaping[0]!r} is absolute or leaves the dataset folder; "
+                    "recorded paths must be relative to the root; re-create the record with ImageFolder.to_dict()"
+                )
             samples = [Sample(self.root / p, int(y)) for p, y in zip(paths, labels)]
             missing += [str(s.path) for s in samples if not s.path.is_file()]
             self.splits[split] = samples
@@ -301,14 +331,24 @@ class ImageFolder:
         return self
 
 
+def _relative_inside(p: str) -> bool:
+    """Whether a recorded path stays under the root: relative, no ``..``, no drive (a record may come from
+    anyone, and must not make headstart read or label files outside the dataset)."""
+    pure, win = PurePosixPath(p), PureWindowsPath(p)
+    return bool(p) and not pure.is_absolute() and not win.drive and not win.root and ".." not in pure.parts \
+        and ".." not in win.parts
+
+
 def find_images(paths: Sequence[str | Path]) -> list[Path]:
     """Files to predict on: named files as given (any suffix), folders scanned recursively; sorted, unique."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found.extend(_scan_images(p))
-        elif p.exists():
-            found.append(p)  # kept whatever its suffix: the decoder then says what is wrong with it
+        elif p.exists() or p.is_symlink():
+            # Kept whatever its suffix (and when it is a broken or looping symlink): the decoder then says
+            # what is wrong with it.
+            found.append(p)
         else:
             raise DatasetError(f"{p}: no such file or directory; check the path")
     unique: dict[str, Path] = {}

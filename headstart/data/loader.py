@@ -21,7 +21,7 @@ from PIL import Image
 from headstart.data.decode import decode_image
 from headstart.errors import ConfigError, DecodeError
 
-__all__ = ["Batch", "BatchLoader", "DecodeFailure"]
+__all__ = ["Batch", "BatchLoader", "DecodeFailure", "failure_message"]
 
 _MAX_LISTED = 20
 
@@ -60,6 +60,7 @@ class BatchLoader:
         draft_size: int | None = None,
         prefetch: int = 2,
         item_transform: Callable[[Image.Image, int], np.ndarray] | None = None,
+        warn: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} is invalid; use a positive integer, e.g. 32")
@@ -78,6 +79,7 @@ class BatchLoader:
         self.workers = workers
         self.draft_size = draft_size
         self.prefetch = prefetch
+        self.warn = warn  # False: the caller reports ``failures`` itself (e.g. with files that failed earlier)
         self.failures: list[DecodeFailure] = []
 
     def __len__(self) -> int:
@@ -132,13 +134,15 @@ class BatchLoader:
         finally:
             # An early `break` by the consumer must not wait for batches nobody will read.
             pool.shutdown(wait=True, cancel_futures=True)
-        if self.failures:
-            warnings.warn(self._failure_message(), stacklevel=2)
+        if self.failures and self.warn:
+            warnings.warn(failure_message(self.failures, len(self.paths)), stacklevel=2)
 
-    def _failure_message(self) -> str:
-        n = len(self.failures)
-        lines = [f"{n} of {len(self.paths)} image(s) could not be decoded and were skipped:"]
-        lines += [f"  {f.path}: {f.reason}" for f in self.failures[:_MAX_LISTED]]
-        if n > _MAX_LISTED:
-            lines.append(f"  ... and {n - _MAX_LISTED} more")
-        return "\n".join(lines)
+
+def failure_message(failures: Sequence[DecodeFailure], total: int) -> str:
+    """One warning for all skipped files: how many, then each with its reason (the first 20)."""
+    n = len(failures)
+    lines = [f"{n} of {total} image(s) could not be decoded and were skipped:"]
+    lines += [f"  {f.path}: {f.reason}" for f in failures[:_MAX_LISTED]]
+    if n > _MAX_LISTED:
+        lines.append(f"  ... and {n - _MAX_LISTED} more")
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ outputs are those of the wrapped module's ``forward`` in float32. Engines are bu
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol
 
 import numpy as np
@@ -39,3 +40,50 @@ class TorchEngine:
         out = self.module(x)
         outs = out if isinstance(out, tuple) else (out,)
         return tuple(o.float().cpu().numpy() for o in outs)
+
+
+AUTO_BATCH_START = 64  # where --batch-size auto starts; halved on each out-of-memory error
+_OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory", "unable to allocate",
+                "failed to allocate", "bad_alloc")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: ``MemoryError``, or the RuntimeError-like exceptions of
+    PyTorch ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory"), ONNX Runtime and
+    OpenVINO ("std::bad_alloc"), which do not subclass MemoryError."""
+    if isinstance(e, MemoryError):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, Exception) and any(p in msg for p in _OOM_PHRASES)
+
+
+class AutoBatchEngine:
+    """``engine`` run on slices of at most ``size`` images; on out-of-memory the size is halved, for the
+    rest of the run, and the slice retried. The outputs equal a single call's: engines are per-image
+    functions (frozen network, eval mode), so how a batch is sliced cannot change them."""
+
+    def __init__(self, engine: Engine, size: int = AUTO_BATCH_START) -> None:
+        self.engine, self.size, self.name = engine, size, getattr(engine, "name", "engine")
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        if len(batch) == 0:
+            return self.engine(batch)
+        parts: list[tuple[np.ndarray, ...]] = []
+        start = 0
+        while start < len(batch):
+            try:
+                parts.append(self.engine(batch[start:start + self.size]))
+            except Exception as e:  # only allocation failures are retried, see below
+                if not is_out_of_memory(e) or self.size == 1:
+                    raise
+                self.size //= 2
+                warnings.warn(f"out of memory at batch size {self.size * 2} ({_why(e)}); continuing with "
+                              f"{self.size}", RuntimeWarning, stacklevel=2)
+                continue
+            start += self.size
+        return tuple(np.concatenate(outs) for outs in zip(*parts, strict=True))
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

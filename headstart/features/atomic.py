@@ -14,6 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
+from headstart.errors import name_file
+
 __all__ = ["atomic_write", "clean_stale_tmp", "tmp_path_for"]
 
 _TMP_PREFIX = ".tmp-"
@@ -39,8 +41,10 @@ def atomic_write(final: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            name_file(e, final)  # ENOSPC from write/fsync names no file: say where the disk was full
         raise
     _fsync_dir(final.parent)
 

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from headstart.data import ImageFolder, find_images
+from headstart.data.folder import _visible_dirs
 from headstart.errors import DatasetError
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.export import write_codes
 from headstart.features.extract import extract_codes
+from headstart.fit.checks import TEST, TRAIN, VAL, count_duplicates_across_splits
 from headstart.fit.layers import parse_layer
 from headstart.models import create_model
 
 
 def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str = "auto", batch_size: int = 32,
                 cache_dir: Path | None = None, seed: int = 0, progress: bool = True) -> str:
-    """Extract and write codes; a labelled folder records labels and splits, a plain folder only paths."""
+    """Extract and write codes; a labelled folder records labels and splits, a plain folder only paths.
+
+    ``batch_size`` 0 is auto (halved on out-of-memory). A folder with two or more subfolders is labelled:
+    its problems (an empty class...) are errors, never a silent fall-back to an unlabelled extraction.
+    """
     backbone = create_model(model)
     (taps,) = parse_layer(backbone, layer) if layer != "auto" else (tuple(backbone.tap_names),)
     try:
@@ -23,17 +31,25 @@ def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str =
         rows = [(s.path, s.label, split) for split, items in ds.splits.items() for s in items]
         classes: list[str] | None = ds.classes
     except DatasetError:
-        if not Path(data).is_dir():
+        if not Path(data).is_dir() or len(_visible_dirs(Path(data))) >= 2:
             raise
         rows = [(p, -1, "") for p in find_images([data])]  # unlabelled: a folder of images
         classes = None
     cache = FeatureCache(cache_dir or default_cache_dir())
     result = extract_codes([r[0] for r in rows], backbone, list(taps), cache=cache, out_dir=out, backend=backend,
                            batch_size=batch_size, progress=progress)
+    if rows and not len(result.index):
+        raise DatasetError(f"none of the {len(rows)} images could be read or decoded (see the warnings above); "
+                           "check that DATA holds image files")
+    if classes:  # the same warning as fit's: a test image that is a copy of a training image
+        split_ids = {"train": TRAIN, "val": VAL, "test": TEST}
+        count_duplicates_across_splits(result.hashes, np.array([split_ids[rows[i][2]] for i in result.index]),
+                                       result.paths)
     write_codes(out, result, backbone=backbone, taps=list(taps),
                 labels=[r[1] for r in rows] if classes else None,
                 splits=[r[2] for r in rows] if classes else None, classes=classes)
     dims = ", ".join(f"{t} {backbone.num_features[t]}" for t in taps)
+    batch = f"batch size {result.batch_size} (auto) · " if batch_size == 0 else ""
     return (f"{len(result.index)} images → {out}/ (codes_<tap>.npy float16: {dims}; index.json) · "
             f"{result.n_computed} computed, {result.n_cached} from cache, {len(result.failures)} skipped · "
-            f"{result.seconds:.1f}s")
+            f"{batch}{result.seconds:.1f}s")

@@ -101,7 +101,12 @@ def load_codes(codes_dir: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
         raise HeadstartError(f"{d / 'index.json'}: unknown format {index.get('format')!r}, expected {FORMAT!r}")
     codes = {}
     for t in index["taps"]:
-        arr = np.load(d / index["files"][t], mmap_mode="r")
+        name = index["files"][t]
+        if not isinstance(name, str) or name != Path(name).name or name in ("", ".", ".."):
+            # index.json is data: it must not make us read a file outside the codes directory
+            raise HeadstartError(f"{d / 'index.json'}: codes file {name!r} is not a file name inside {d}; "
+                                 "run the extraction again")
+        arr = np.load(d / name, mmap_mode="r")  # allow_pickle stays False: an object array is refused
         if arr.shape != (len(index["rows"]), index["num_features"][t]):
             raise HeadstartError(f"{d / index['files'][t]} has shape {arr.shape}, index.json expects "
                                  f"({len(index['rows'])}, {index['num_features'][t]}); run the extraction again")

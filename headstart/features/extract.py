@@ -24,11 +24,19 @@ from rich.text import Text
 from torch import nn
 
 from headstart.data import BatchLoader, DecodeFailure, EvalTransform
+from headstart.data.loader import failure_message
 from headstart.engine import Engine, make_engine
+from headstart.engine.base import AUTO_BATCH_START, AutoBatchEngine
 from headstart.engine.codes import CodesModule
-from headstart.errors import ConfigError, HeadstartError
+from headstart.errors import ConfigError, HeadstartError, NonFiniteError
 from headstart.features.atomic import clean_stale_tmp, tmp_path_for
-from headstart.features.cache import CacheWriter, FeatureCache, extractor_id, extractor_meta, hash_file
+from headstart.features.cache import (
+    CacheWriter,
+    FeatureCache,
+    extractor_id,
+    extractor_meta,
+    hash_file,
+)
 from headstart.models.base import Backbone
 
 __all__ = ["ExtractResult", "extract_codes"]
@@ -56,6 +64,7 @@ class ExtractResult:
     n_computed: int = 0
     seconds: float = 0.0
     n_inputs: int = 0
+    batch_size: int = 0  # the engine's batch size: the one --batch-size auto settled on, when it was asked for
 
 
 def extract_codes(
@@ -73,6 +82,10 @@ def extract_codes(
 ) -> ExtractResult:
     """CNN codes of ``paths`` at each tap, from ``cache`` where possible; unreadable files go to ``failures``.
 
+    ``batch_size=0`` (auto) starts at ``AUTO_BATCH_START`` and halves on out-of-memory errors; the size
+    it settled on is ``ExtractResult.batch_size``. Non-finite codes (a broken engine or weights) raise
+    ``NonFiniteError`` before they can reach the cache.
+
     With ``out_dir`` the codes are streamed into ``out_dir/codes_<tap>.npy`` (float16) and memory stays
     bounded by a chunk whatever the dataset size; ``write_codes`` then adds ``index.json``.
 
@@ -84,9 +97,9 @@ def extract_codes(
     taps = backbone.check_taps(taps)
     if not taps:
         raise ConfigError("taps is empty; pass at least one layer name, e.g. ['pooled']")
-    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
-        if value < 1:  # checked up front: a fully cached run would never reach the code that uses them
-            raise ConfigError(f"{name}={value} is invalid; use a positive integer")
+    for name, value, least in (("batch_size", batch_size, 0), ("chunk_size", chunk_size, 1)):
+        if value < least:  # checked up front: a fully cached run would never reach the code that uses them
+            raise ConfigError(f"{name}={value} is invalid; use a positive integer" + (" (0: auto)" if least == 0 else ""))
     inputs = [Path(p) for p in paths]
     if cache is not None and backbone.weights_id == "random":
         # Random weights differ per instance: their codes must never be served to another run.
@@ -96,8 +109,6 @@ def extract_codes(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         clean_stale_tmp(out)
-        # The codes files are about to change: an old index.json would describe the wrong rows.
-        (out / "index.json").unlink(missing_ok=True)
 
     with _progress_bar(progress) as bar, _store(cache, out) as store:
         hashes, failures = _hash_files(inputs, workers, bar)
@@ -117,8 +128,8 @@ def extract_codes(
         with contextlib.ExitStack() as stack:
             writers = {t: stack.enter_context(store.writer(ids[t], extractor_meta(backbone, t), chunk_size))
                        for t in taps} if store is not None else {}
-            bad = _compute(reps, list(todo), todo, backbone, taps, writers=writers, mem=mem, backend=backend,
-                           batch_size=batch_size, workers=workers, bar=bar)
+            bad, used = _compute(reps, list(todo), todo, backbone, taps, writers=writers, mem=mem,
+                                 backend=backend, batch_size=batch_size, workers=workers, bar=bar)
         for h, reason in bad.items():  # every copy of an undecodable file fails, not just the one tried
             failures += [DecodeFailure(inputs[ok[r]], reason) for r in todo[h]]
         keep = np.array([r for r in range(len(ok)) if ok_hashes[r] not in bad], dtype=np.int64)
@@ -132,26 +143,35 @@ def extract_codes(
     n_cached = int(hit[keep].sum())
     position = {p: i for i, p in enumerate(inputs)}
     failures.sort(key=lambda f: position.get(f.path, 0))
+    if failures:  # one warning for every skipped file: unreadable ones, and every copy of an undecodable one
+        warnings.warn(failure_message(failures, len(inputs)), stacklevel=2)
     index = np.asarray(ok, dtype=np.int64)[keep]
     return ExtractResult(codes=codes, paths=[inputs[i] for i in index], index=index, hashes=kept_hashes,
                          failures=failures, n_cached=n_cached, n_computed=len(keep) - n_cached,
-                         seconds=time.perf_counter() - t0, n_inputs=len(inputs))
+                         seconds=time.perf_counter() - t0, n_inputs=len(inputs), batch_size=used)
 
 
 def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], backbone: Backbone,
              taps: list[str], *, writers: dict[str, CacheWriter], mem: dict[str, np.ndarray] | None, backend: str,
-             batch_size: int, workers: int | None, bar: Progress) -> dict[str, str]:
-    """Decode and run ``paths`` (one per hash); store codes in ``writers`` and ``mem``. Returns hash → failure."""
+             batch_size: int, workers: int | None, bar: Progress) -> tuple[dict[str, str], int]:
+    """Decode and run ``paths`` (one per hash); store codes in ``writers`` and ``mem``.
+
+    Returns hash → failure, and the batch size used (``batch_size``, or where auto (0) settled).
+    """
     if not paths:
-        return {}
+        return {}, batch_size or AUTO_BATCH_START
     transform = EvalTransform(backbone.spec)
     size = backbone.spec.input_size
     engine = _make_engine(CodesModule(backbone, taps), (3, size, size), backend)  # built once, only if needed
-    loader = BatchLoader(paths, transform, batch_size=batch_size, workers=workers, draft_size=transform.draft_size)
+    if batch_size == 0:
+        engine = AutoBatchEngine(engine)
+    loader = BatchLoader(paths, transform, batch_size=batch_size or AUTO_BATCH_START, workers=workers,
+                         draft_size=transform.draft_size, warn=False)
     task = bar.add_task("extracting", total=len(paths))
     for batch in loader:
         batch_hashes = [hashes[i] for i in batch.indices]
         for t, codes in zip(taps, engine(batch.images), strict=True):
+            _check_finite(codes, t, [paths[i] for i in batch.indices], getattr(engine, "name", "inference"))
             # Round once, here, so fresh codes equal what a later cache hit returns.
             codes16 = np.clip(codes, -_F16_MAX, _F16_MAX).astype(np.float16)
             if t in writers:
@@ -161,8 +181,19 @@ def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], b
                 src = [j for j, h in enumerate(batch_hashes) for _ in rows[h]]
                 mem[t][dst] = codes16[src]
         bar.advance(task, len(batch.indices))
+    used = engine.size if isinstance(engine, AutoBatchEngine) else batch_size
     by_path = {p: h for p, h in zip(paths, hashes, strict=True)}
-    return {by_path[f.path]: f.reason for f in loader.failures}
+    return {by_path[f.path]: f.reason for f in loader.failures}, used
+
+
+def _check_finite(codes: np.ndarray, tap: str, paths: list[Path], engine: str) -> None:
+    """NaN/inf codes come from a broken engine or weights, never from an image: stop before they are cached
+    (where they would poison every later run) or fitted on."""
+    bad = ~np.isfinite(codes).all(axis=1)
+    if bad.any():
+        raise NonFiniteError(f"the {engine} engine produced NaN/inf codes at tap {tap} for {int(bad.sum())} "
+                             f"image(s), e.g. {paths[int(np.argmax(bad))]}; the network's output is unusable: "
+                             "try --backend torch, or reinstall the model weights")
 
 
 def _make_engine(module: nn.Module, input_shape: tuple[int, int, int], backend: str) -> Engine:
@@ -171,7 +202,8 @@ def _make_engine(module: nn.Module, input_shape: tuple[int, int, int], backend: 
 
 
 def _hash_files(paths: list[Path], workers: int | None, bar: Progress) -> tuple[list[str | None], list[DecodeFailure]]:
-    """SHA-256 of every file (threads: hashlib releases the GIL); unreadable files become failures."""
+    """SHA-256 of every file (threads: hashlib releases the GIL); unreadable files become failures (reported
+    with the undecodable ones by ``extract_codes``)."""
     def one(p: Path) -> str | DecodeFailure:
         try:
             return hash_file(p)
@@ -188,9 +220,6 @@ def _hash_files(paths: list[Path], workers: int | None, bar: Progress) -> tuple[
                 if isinstance(res, DecodeFailure):
                     failures.append(res)
             bar.advance(task, min(_HASH_BLOCK, len(paths) - start))
-    if failures:
-        listed = "\n".join(f"  {f.path}: {f.reason}" for f in failures[:20])
-        warnings.warn(f"{len(failures)} file(s) could not be read and were skipped:\n{listed}", stacklevel=3)
     return hashes, failures
 
 
@@ -219,6 +248,9 @@ def _assemble_npy(out: Path, tap: str, store: FeatureCache, eid: str, hashes: li
                                  "(was the cache cleared meanwhile?); run the extraction again")
         arr.flush()
         del arr
+        # Only now do the codes files change: an old index.json would describe the wrong rows. (Removed no
+        # earlier, so that an extraction that fails before this point leaves the previous one usable.)
+        (out / "index.json").unlink(missing_ok=True)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

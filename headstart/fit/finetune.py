@@ -18,21 +18,25 @@ from headstart.config import FitConfig
 from headstart.data import ImageFolder
 from headstart.data.augment import PcaLighting, compute_pca_lighting
 from headstart.evaluate.metrics import classification_metrics
-from headstart.fit.linear import SPLIT_IDS, extract_dataset, make_head, select
+from headstart.fit.checks import count_duplicates_across_splits
+from headstart.fit.linear import SPLIT_IDS, Codes, extract_dataset, make_head, select
 from headstart.fit.rundir import RunDir
 from headstart.models import POOLED, Backbone, create_model
 from headstart.train import EMA, CurveLogger, EarlyStopping, ImageSet, SnapshotEnsemble, diagnose, evaluate, train
 
+# What fine-tuning trains with when --batch-size is auto (0): the batch size changes the optimisation
+# itself, so it is never lowered behind the user's back; only inference (the codes) backs off on OOM.
+TRAIN_BATCH_SIZE = 32
 
-def probe_head(model: Backbone, ds: ImageFolder, cfg: FitConfig, *, progress: bool) -> dict[str, Any]:
+
+def probe_head(model: Backbone, codes: Codes, cfg: FitConfig, classes: list[str]) -> dict[str, Any]:
     """Fit softmax regression on pooled codes (C chosen on val / CV, never test) and load it as the classifier."""
-    codes = extract_dataset(ds, model, [POOLED], cfg, progress=progress)
-    codes.split[codes.split == SPLIT_IDS["test"]] = -1  # not even visible to the probe
+    codes = replace(codes, split=np.where(codes.split == SPLIT_IDS["test"], -1, codes.split))  # not even visible
     lin_cfg = replace(cfg, linear=replace(cfg.linear, head="softmax"))
-    (layer,), C, _ = select(codes, [(POOLED,)], lin_cfg, ds.classes)
+    (layer,), C, _ = select(codes, [(POOLED,)], lin_cfg, classes)
     fit_mask = codes.split == SPLIT_IDS["train"]
     head = make_head(lin_cfg)(C).fit(codes.X((POOLED,), fit_mask), codes.labels[fit_mask])
-    model.reset_classifier(len(ds.classes), seed=cfg.data.seed)
+    model.reset_classifier(len(classes), seed=cfg.data.seed)
     with torch.no_grad():
         model.classifier.weight.copy_(torch.as_tensor(np.asarray(head.coef_), dtype=torch.float32))
         model.classifier.bias.copy_(torch.as_tensor(np.asarray(head.intercept_), dtype=torch.float32))
@@ -49,18 +53,25 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     run.write_json("splits.json", ds.to_dict())
     model = create_model(cfg.model, drop_rate=ft.dropout, drop_path_rate=ft.drop_path)
     t0 = time.perf_counter()
-    probe = probe_head(model, ds, cfg, progress=progress) if ft.head_init == "probe" else {}
+    # The pooled codes of every split, computed once (and cached): the probe's features, and the check of
+    # every file, so that undecodable files are dropped up front: listed once, excluded from the counts.
+    codes = extract_dataset(ds, model, [POOLED], cfg, progress=progress)
+    duplicates = count_duplicates_across_splits(codes.hashes, codes.split, codes.paths)
+    skipped = {f.path for f in codes.failures}
+    splits = {name: [s for s in items if s.path not in skipped] for name, items in ds.splits.items()}
+    probe = probe_head(model, codes, cfg, ds.classes) if ft.head_init == "probe" else {}
     if ft.head_init == "random":
         model.reset_classifier(len(ds.classes), seed=cfg.data.seed)
     probe_s = time.perf_counter() - t0
+    batch_size = cfg.engine.batch_size or TRAIN_BATCH_SIZE
 
     pca = None
     if ft.augment.pca_lighting > 0:  # AlexNet lighting: eigen-decomposition of the training pixels, stored
-        vals, vecs = compute_pca_lighting([s.path for s in ds.splits["train"]], seed=cfg.data.seed)
+        vals, vecs = compute_pca_lighting([s.path for s in splits["train"]], seed=cfg.data.seed)
         pca = PcaLighting(vals, vecs, ft.augment.pca_lighting)
         run.write_json("pca_lighting.json", pca.to_dict())
-    train_set = ImageSet.from_samples(ds.splits["train"], ft.augment, pca)
-    val_set = ImageSet.from_samples(ds.splits["val"]) if ds.splits.get("val") else None
+    train_set = ImageSet.from_samples(splits["train"], ft.augment, pca)
+    val_set = ImageSet.from_samples(splits["val"]) if splits.get("val") else None
     if val_set is None:
         warnings.warn("no validation split (val_fraction = 0 and no val folder): no early stopping, the last "
                       "epoch is kept", stacklevel=2)
@@ -76,20 +87,19 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     t0 = time.perf_counter()
     result = train(model, train_set, val_set, optim_cfg=ft.optim, sched_cfg=ft.schedule, epochs=ft.epochs,
                    freeze=ft.freeze, freeze_bn=ft.freeze_bn, label_smoothing=ft.label_smoothing, callbacks=callbacks,
-                   seed=cfg.data.seed, run_dir=run.path, resume=resume, batch_size=cfg.engine.batch_size,
+                   seed=cfg.data.seed, run_dir=run.path, resume=resume, batch_size=batch_size,
                    backend=cfg.engine.backend, bf16=ft.bf16)
     train_s = time.perf_counter() - t0
     if val_set is None and ft.ema > 0:  # no early stopping restored a best state: keep the averaged weights
-        ema = next(c for c in callbacks if isinstance(c, EMA))
-        ema.swap(model).__enter__()
+        next(c for c in callbacks if isinstance(c, EMA)).copy_to(model)
 
     t0 = time.perf_counter()
     model.eval()
-    test_set = ImageSet.from_samples(ds.splits["test"])
+    test_set = ImageSet.from_samples(splits["test"])
     if snapshots is not None:
-        probs, labels = snapshots.predict(model, test_set, tta=ft.tta, batch_size=cfg.engine.batch_size)
+        probs, labels = snapshots.predict(model, test_set, tta=ft.tta, batch_size=batch_size)
     else:
-        probs, labels = evaluate(model, test_set, tta=ft.tta, batch_size=cfg.engine.batch_size)
+        probs, labels = evaluate(model, test_set, tta=ft.tta, batch_size=batch_size)
     eval_s = time.perf_counter() - t0
 
     from headstart.bundle import save_finetune_bundle
@@ -99,13 +109,15 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     metrics = {
         "strategy": "finetune", "model": cfg.model, "layer": "all", "classes": ds.classes, "seed": cfg.data.seed,
         "freeze": ft.freeze, "head_init": ft.head_init, **({"probe_C": probe["C"]} if probe else {}),
-        "counts": {k: len(v) for k, v in ds.splits.items()} | {k: 0 for k in SPLIT_IDS if k not in ds.splits},
+        "counts": {k: len(v) for k, v in splits.items()} | {k: 0 for k in SPLIT_IDS if k not in splits},
         "val": {"accuracy": best.get("val_acc", float("nan")), "loss": best.get("val_loss", float("nan")),
                 "protocol": f"validation split, best epoch {result.best_epoch}"},
         "test": classification_metrics(labels, probs, ds.classes) | {"tta": ft.tta,
                                                                     "snapshots": len(snapshots.saved) if snapshots else 0},
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                      "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
+        "skipped_files": [{"path": str(f.path), "reason": f.reason} for f in codes.failures],
+        "duplicates_across_splits": duplicates, "batch_size": batch_size,
         "timing": {"probe_s": round(probe_s, 3), "train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
     }
     run.write_json("metrics.json", metrics)

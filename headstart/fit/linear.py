@@ -18,13 +18,14 @@ from headstart.data import ImageFolder
 from headstart.errors import ConfigError
 from headstart.evaluate.metrics import classification_metrics
 from headstart.features import FeatureCache, default_cache_dir, extract_codes
+from headstart.fit.checks import TEST, TRAIN, VAL, count_duplicates_across_splits, require_training_images
 from headstart.fit.layers import Layer, layer_name, parse_layer
 from headstart.fit.rundir import RunDir
 from headstart.heads import LinearSVM, SoftmaxRegression, cross_val_sweep, sweep_C
 from headstart.heads.params import LinearParams
 from headstart.models import Backbone, create_model
 
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+SPLIT_IDS = {"train": TRAIN, "val": VAL, "test": TEST}
 
 
 @dataclass
@@ -35,6 +36,9 @@ class Codes:
     labels: np.ndarray
     split: np.ndarray  # SPLIT_IDS values
     failures: list[Any] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)  # SHA-256 of each row's file
+    paths: list[Path] = field(default_factory=list)
+    batch_size: int = 0  # what extraction ran with (the one chosen when engine.batch_size is 0, auto)
 
     def X(self, layer: Layer, mask: np.ndarray) -> np.ndarray:
         return np.hstack([self.by_tap[t][mask] for t in layer]).astype(np.float32, copy=False)
@@ -48,7 +52,8 @@ def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: F
                         batch_size=cfg.engine.batch_size, progress=progress)
     labels = np.array([s.label for s, _ in samples])[res.index]
     split = np.array([k for _, k in samples])[res.index]
-    return Codes(res.codes, labels, split, list(res.failures))
+    require_training_images(ds.classes, labels, split)
+    return Codes(res.codes, labels, split, list(res.failures), list(res.hashes), list(res.paths), res.batch_size)
 
 
 def make_head(cfg: FitConfig):  # noqa: ANN201
@@ -116,6 +121,7 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     codes = extract_dataset(ds, backbone, taps, cfg, progress=progress)
     extract_s = time.perf_counter() - t0
+    duplicates = count_duplicates_across_splits(codes.hashes, codes.split, codes.paths)
 
     t0 = time.perf_counter()
     layer, C, table = select(codes, candidates, cfg, ds.classes)
@@ -141,6 +147,7 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
         "test": test_metrics,
         "selection": table,
         "skipped_files": [{"path": str(f.path), "reason": f.reason} for f in codes.failures],
+        "duplicates_across_splits": duplicates, "batch_size": codes.batch_size,
         "timing": {"extract_s": round(extract_s, 3), "fit_s": round(fit_s, 3)},
     }
     run.write_json("metrics.json", metrics)

@@ -3,43 +3,35 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from headstart.config import FitConfig, save_toml
+import tomli_w
+
+from headstart.config import FitConfig, to_dict
+from headstart.features.atomic import atomic_write, clean_stale_tmp
 
 
 class RunDir:
+    """Every file is written to a temp file, fsynced and renamed into place: a kill or a full disk leaves
+    the previous version or the new one, never a truncated file (``--resume`` reads config.toml back)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(self.path)  # temp files of a writer that was killed
 
     @property
     def bundle(self) -> Path:
         return self.path / "bundle"
 
     def write_json(self, name: str, data: Any) -> Path:
-        dest = self.path / name
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return dest
+        return self.write_text(name, json.dumps(data, indent=2))
 
     def write_config(self, cfg: FitConfig) -> Path:
-        dest = self.path / "config.toml"
-        save_toml(cfg, dest)
-        return dest
+        return self.write_text("config.toml", tomli_w.dumps(to_dict(cfg)))
 
     def write_text(self, name: str, text: str) -> Path:
         dest = self.path / name
-        dest.write_text(text, encoding="utf-8")
+        atomic_write(dest, text.encode("utf-8", "surrogateescape"))
         return dest

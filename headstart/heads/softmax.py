@@ -6,7 +6,6 @@ Also holds the validation/standardisation helpers the other heads share.
 from __future__ import annotations
 
 import numbers
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.features.atomic import atomic_write
 
 __all__ = ["EMA", "Callback", "CurveLogger", "EarlyStopping", "LoopState", "NonFiniteGuard", "SnapshotEnsemble",
            "TrainingDiverged", "diagnose"]
@@ -103,6 +105,13 @@ class EMA(Callback):
             else:
                 self.shadow[n].copy_(t)
         self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Load the averaged weights into ``model`` for good (e.g. to keep them after training)."""
+        names, tensors = self._tracked(model)
+        for n, t in zip(names, tensors):
+            t.copy_(self.shadow[n])
 
     @contextlib.contextmanager
     def swap(self, model: nn.Module) -> Iterator[None]:
@@ -188,13 +197,21 @@ class CurveLogger(Callback):
             raise ValueError("CurveLogger needs a directory: pass path= or give train() a run_dir")
         self.dir.mkdir(parents=True, exist_ok=True)
         rows = [r for r in self.read() if r["epoch"] <= state.epoch]
-        (self.dir / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        atomic_write(self.dir / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     def read(self) -> list[dict[str, float]]:
+        """The logged rows; a line cut short by a kill mid-append is dropped (its epoch is then redone)."""
         assert self.dir is not None
         f = self.dir / "curves.jsonl"
-        return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()] \
-            if f.exists() else []
+        rows = []
+        for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if f.exists() else []:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), (int, float)):
+                rows.append(row)
+        return rows
 
     def on_epoch_end(self, state: LoopState) -> None:
         assert self.dir is not None
@@ -237,7 +254,7 @@ def write_curves_svg(rows: Sequence[dict[str, float]], dest: Path, width: int = 
             parts.append(f'<text x="{x0 + width - pad - 4}" y="{pad + 14 + 13 * j}" text-anchor="end" '
                          f'fill="{colours[name]}">{name}</text>')
     parts.append("</svg>\n")
-    dest.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write(dest, "\n".join(parts).encode())
 
 
 class SnapshotEnsemble(Callback):
@@ -277,12 +294,21 @@ class SnapshotEnsemble(Callback):
         keep, total, labels = _clone_state(model), None, None
         try:
             for path in self.saved:
-                model.load_state_dict(load_file(path))
+                model.load_state_dict(load_file(self._inside(path)))
                 probs, labels = evaluate(model, data, tta=tta, **kw)
                 total = probs if total is None else total + probs
         finally:
             model.load_state_dict(keep)
         return total / len(self.saved), labels
+
+    def _inside(self, saved: str) -> Path:
+        """A recorded snapshot, looked up by file name in this run's snapshot folder: a checkpoint is data and
+        must not make us read elsewhere (and a moved run dir still finds its snapshots)."""
+        name = Path(saved).name
+        if self.dir is None or not re.fullmatch(r"epoch-\d+\.safetensors", name):
+            raise HeadstartError(f"snapshot {saved!r} is not an epoch-NNN.safetensors file of this run; "
+                                 "the checkpoint is damaged, train again without --resume")
+        return self.dir / name
 
     def state_dict(self) -> dict[str, Any]:
         return {"saved": list(self.saved), "epochs": self.epochs}
@@ -292,16 +318,34 @@ class SnapshotEnsemble(Callback):
 
 
 class NonFiniteGuard(Callback):
-    """Stop at the first NaN/inf loss, before it reaches the weights, saying what to do. Checkpoints are only
-    written at epoch ends, so the last one is from finite weights and stays usable."""
+    """Stop when training diverges, saying what to do: a NaN/inf or exploding (> ``max_loss``) training loss,
+    caught before the step that would spread it into the weights, or such a validation loss at an epoch's
+    end, caught before that epoch is checkpointed. So the last checkpoint holds good weights and stays usable.
+
+    ``max_loss``: a cross-entropy of 1e4 needs logit gaps of about 1e4, which only exploded weights produce
+    (an untrained head scores about log K, a confidently wrong one tens).
+    """
+
+    def __init__(self, max_loss: float = 1e4) -> None:
+        self.max_loss = max_loss
+
+    def _diverged(self, value: float) -> bool:
+        return not math.isfinite(value) or value > self.max_loss
+
+    def _advice(self, state: LoopState) -> str:
+        return (f"lower the learning rate (now {state.lr:.3g}), e.g. by 10x, or use warm-up / label smoothing; "
+                f"the last good checkpoint is {state.last_checkpoint}")
 
     def on_loss(self, state: LoopState, loss: float) -> None:
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss} at epoch {state.epoch + 1} step {state.step}; lower the learning rate "
-                f"(now {state.lr:.3g}), e.g. by 10x, or use warm-up / label smoothing; "
-                f"the last good checkpoint is {state.last_checkpoint}"
-            )
+        if self._diverged(loss):
+            raise TrainingDiverged(f"training diverged: loss became {loss:.4g} at epoch {state.epoch + 1} step "
+                                   f"{state.step}; " + self._advice(state))
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        loss, acc = state.metrics.get("val_loss", math.nan), state.metrics.get("val_acc", math.nan)
+        if math.isfinite(acc) and self._diverged(loss):  # no validation data: both are NaN by design
+            raise TrainingDiverged(f"training diverged: validation loss became {loss:.4g} at the end of epoch "
+                                   f"{state.epoch + 1}; " + self._advice(state))
 
 
 def diagnose(curves: Sequence[dict[str, float]], *, window: int = 3) -> str:

@@ -21,18 +21,24 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from headstart.errors import CheckpointError, name_file
+from headstart.features.atomic import clean_stale_tmp, tmp_path_for
 
 __all__ = ["TrainState", "capture_rng", "checkpoint_exists", "decode", "encode", "load_checkpoint",
            "restore_rng", "save_checkpoint", "save_tensors"]
 
 FORMAT = "headstart-checkpoint-v1"
+_TENSORS_NAME = re.compile(r"tensors-e\d{4,}\.safetensors")
 
 
 @dataclass
@@ -137,12 +143,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write(dest: Path, write: Any) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = tmp_path_for(dest)  # named by pid: the next save removes it if this process is killed mid-write
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest)
+    except OSError as e:
+        raise name_file(e, dest)  # ENOSPC from write/fsync names no file: say where the disk was full
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -153,7 +161,10 @@ def save_tensors(dest: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """A safetensors file written atomically (own contiguous CPU copies of the tensors)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     own = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(dest, lambda tmp: save_file(own, str(tmp), metadata=metadata))
+    # Serialised in memory and written by Python: safetensors' file writer reports a full disk as a
+    # SafetensorError, not as the OSError(ENOSPC) the CLI turns into a one-line message.
+    data = save(own, metadata=metadata)
+    _atomic_write(dest, lambda tmp: tmp.write_bytes(data))
 
 
 def _write_json(dest: Path, data: Any) -> None:
@@ -174,6 +185,7 @@ def save_checkpoint(directory: str | Path, state: TrainState, *, is_best: bool =
     """Write ``state`` to ``DIR/last`` (and hard-link it as ``DIR/best`` when ``is_best``); returns ``last``."""
     last = Path(directory) / "last"
     last.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(last)  # a model-sized temp file per earlier kill would otherwise pile up
     tensors: dict[str, torch.Tensor] = {}
     # Not dataclasses.asdict: it deep-copies every tensor; ``encode`` makes the one snapshot copy.
     meta = {f.name: getattr(state, f.name) for f in fields(state) if f.name != "model"}
@@ -194,8 +206,8 @@ def save_checkpoint(directory: str | Path, state: TrainState, *, is_best: bool =
 def _link_slot(src: Path, dst: Path, name: str) -> None:
     """Publish ``src`` as ``dst`` cheaply: hard links (a copy where links are unsupported), same protocol."""
     dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / f".{name}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
+    clean_stale_tmp(dst)
+    tmp = tmp_path_for(dst / name)
     try:
         os.link(src / name, tmp)
     except OSError:
@@ -208,11 +220,31 @@ def _link_slot(src: Path, dst: Path, name: str) -> None:
 
 
 def load_checkpoint(directory: str | Path, which: str = "last") -> TrainState:
-    """Read the checkpoint in ``DIR/which`` (or ``DIR`` itself when it holds ``state.json``)."""
+    """Read the checkpoint in ``DIR/which`` (or ``DIR`` itself when it holds ``state.json``).
+
+    Only safetensors and JSON are read, never a pickle; the tensors file must be a plain name inside the
+    slot (``state.json`` is data, and may come from anyone). Anything unusable is a ``CheckpointError``.
+    """
     slot = _slot(Path(directory), which)
-    body = json.loads((slot / "state.json").read_text(encoding="utf-8"))
-    if body.get("format") != FORMAT:
-        raise ValueError(f"{slot}: not a {FORMAT} checkpoint")
-    tensors = load_file(str(slot / body["tensors"]))
-    values = {k: decode(v, tensors) for k, v in body.items() if k not in ("format", "tensors")}
-    return TrainState(**values)
+    fix = "delete the checkpoints folder to train from scratch, or resume from an intact copy"
+    try:
+        body = json.loads((slot / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{slot / 'state.json'} cannot be read ({e}); {fix}") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise CheckpointError(f"{slot}: not a {FORMAT} checkpoint; {fix}")
+    name = body.get("tensors")
+    if not isinstance(name, str) or not _TENSORS_NAME.fullmatch(name):
+        raise CheckpointError(f"{slot / 'state.json'} names tensors file {name!r}, not tensors-eNNNN.safetensors "
+                              f"in the same folder; refusing it: {fix}")
+    try:
+        tensors = load_file(str(slot / name))  # safetensors: tensors only, no code can run
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{slot / name} is not a valid safetensors file ({e}); refusing to load it: "
+                              f"{fix}") from None
+    try:
+        values = {k: decode(v, tensors) for k, v in body.items() if k not in ("format", "tensors")}
+        return TrainState(**values)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{slot / 'state.json'} does not match its tensors ({type(e).__name__}: {e}); "
+                              f"{fix}") from None

@@ -232,7 +232,8 @@ def _config_hash(model: Backbone, data: ImageSet, optim_cfg: OptimConfig, sched_
                  freeze: dict[str, Any], label_smoothing: float, seed: int, batch_size: int, bf16: bool) -> str:
     """What must not change across a resume (engine, workers, caching only change speed)."""
     desc = {"model": model.name, "weights": model.weights_id, "classes": model.num_classes, "n_train": len(data),
-            "files": hashlib.sha256("\n".join(map(str, data.paths)).encode()).hexdigest(),
+            # surrogateescape: a non-UTF-8 file name (b"caf\xe9.jpg") is a lone surrogate in a str
+            "files": hashlib.sha256("\n".join(map(str, data.paths)).encode("utf-8", "surrogateescape")).hexdigest(),
             "augment": data.augment.to_dict() if data.augment is not None else None, "optim": asdict(optim_cfg),
             "sched": asdict(sched_cfg), "epochs": epochs, "freeze": freeze, "label_smoothing": label_smoothing,
             "seed": seed, "batch_size": batch_size, "bf16": bf16}

@@ -1,0 +1,151 @@
+"""Running the real ``headstart`` entry point, in-process or as a child process, and reading what it said."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from headstart.cli import main
+
+from .corpus import class_image
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ("--model", "tiny_test", "--backend", "torch", "-q")
+
+
+@dataclass
+class Result:
+    """What a user saw: exit code, stdout, stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.err.splitlines() if ln.startswith("error:")]
+
+    def warnings(self) -> list[str]:
+        """Each ``warning:`` block, with its indented continuation lines (the listed files)."""
+        blocks: list[str] = []
+        for ln in self.err.splitlines():
+            if ln.startswith("warning:"):
+                blocks.append(ln)
+            elif ln.startswith("  ") and blocks:
+                blocks[-1] += "\n" + ln
+        return blocks
+
+    def assert_ok(self) -> Result:
+        assert self.code == 0, f"exit {self.code}\n{self.err[-3000:]}"
+        assert "Traceback" not in self.err and not self.error_lines, self.err[-3000:]
+        return self
+
+    def assert_fails(self, *phrases: str) -> str:
+        """Exit code 2, exactly one ``error:`` line containing ``phrases`` (case-insensitive), no traceback."""
+        assert "Traceback" not in self.err + self.out, self.err[-3000:]
+        assert self.code == 2, f"exit {self.code}\n{self.err[-3000:]}"
+        assert len(self.error_lines) == 1, self.err[-3000:]
+        line = self.error_lines[0]
+        for phrase in phrases:
+            assert phrase.lower() in line.lower(), f"{phrase!r} not in {line!r}"
+        return line
+
+
+def run(*args: str | Path) -> Result:
+    """``headstart ARGS`` in this process, through the console-script entry point ``main()``.
+
+    Warnings get a fresh registry (as in a new process, each distinct one shows once) and ``main``'s
+    changes to the warnings machinery are undone afterwards.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["headstart", *map(str, args)]
+    code = 0
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.simplefilter("default")
+            try:
+                main()
+            except SystemExit as e:
+                code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+# A child process running the real entry point after test-only patches (``setup`` code) that slow it down
+# enough to be killed mid-way; nothing else changes.
+_CHILD = """
+import sys, time
+{setup}
+from headstart.cli import main
+sys.argv = ["headstart", *sys.argv[1:]]
+main()
+"""
+
+SLOW_ENGINE = textwrap.dedent("""
+    import headstart.features.extract as ex
+    ex.extract_codes.__kwdefaults__["chunk_size"] = {chunk}  # small chunks: several commits to kill between
+    _make = ex._make_engine
+    def _slow(*a, **k):
+        engine = _make(*a, **k)
+        def run(batch):
+            time.sleep({delay})
+            return engine(batch)
+        run.name = engine.name
+        return run
+    ex._make_engine = _slow
+""")
+
+SLOW_EPOCHS = textwrap.dedent("""
+    import headstart.train.callbacks as cb
+    _end = cb.CurveLogger.on_epoch_end
+    def _slow_end(self, state):
+        _end(self, state)
+        time.sleep({delay})
+    cb.CurveLogger.on_epoch_end = _slow_end
+""")
+
+
+def spawn(args: list[str | Path], setup: str = "", **kw: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.Popen([sys.executable, "-c", _CHILD.format(setup=setup), *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, **kw)
+
+
+# -- datasets -----------------------------------------------------------------------------------------------
+def make_dataset(root: Path, n_per_class: int = 10, classes: tuple[str, ...] = ("circle", "square"),
+                 size: int = 40, seed: int = 0) -> Path:
+    """``root/<class>/<class>_NNN.png``: small, learnable images (a colour and a shape per class)."""
+    rng = np.random.default_rng(seed)
+    for ci, cls in enumerate(classes):
+        d = root / cls
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            Image.fromarray(class_image(ci, rng, size)).save(d / f"{cls}_{i:03d}.png")
+    return root
+
+
+def metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def without_timing(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if k != "timing"}
+
+
+def real_class(root: Path, rel: str) -> str:
+    """The class folder a recorded image really lives in, symlinks resolved."""
+    return Path(os.path.realpath(root / rel)).relative_to(os.path.realpath(root)).parts[0]
