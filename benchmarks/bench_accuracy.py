@@ -31,12 +31,21 @@ CONFIGS: dict[str, tuple[dict, str]] = {
               f"--strategy finetune --freeze 7 --epochs {EPOCHS} --no-augment"),
     "ft_k6": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=6, epochs=EPOCHS, augment=NO_AUG)},
               f"--strategy finetune --freeze 6 --epochs {EPOCHS} --no-augment"),
+    "ft_k7_ema_tta": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=7, epochs=EPOCHS, augment=NO_AUG,
+                                                                       ema=0.998, tta="flip")},
+                      f"--strategy finetune --freeze 7 --epochs {EPOCHS} --no-augment --ema 0.998 --tta flip"),
     "ft_k5_aug": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS)},
                   f"--strategy finetune --freeze 5 --epochs {EPOCHS}"),
     "ft_k5_aug_ema_tta": ({"strategy": "finetune",
                            "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS, ema=0.998, tta="flip")},
                           f"--strategy finetune --freeze 5 --epochs {EPOCHS} --ema 0.998 --tta flip"),
 }
+
+
+def _config_value(run: Path, key: str) -> object:
+    from headstart.config import load_toml
+
+    return load_toml(run / "config.toml").get("finetune", {}).get(key)
 
 
 def main() -> None:
@@ -46,10 +55,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     ap.add_argument("--only", default=",".join(CONFIGS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report", action="store_true", help="only print the table of runs already in --out")
     args = ap.parse_args()
     data = args.datasets_root / args.dataset
     rows = []
     for name in args.only.split(","):
+        if args.report:
+            f = args.out / args.dataset / name / "metrics.json"
+            if f.exists():
+                m = json.loads(f.read_text())
+                rows.append((name, CONFIGS[name][1], m, sum(m["timing"].values())))
+            continue
         changes, flags = CONFIGS[name]
         out = args.out / args.dataset / name
         cfg = replace(FitConfig(out=str(out), data=DataConfig(path=str(data), seed=args.seed)), **changes)
@@ -64,6 +80,8 @@ def main() -> None:
     print("| run | `headstart fit DATA` flags | layer / freeze | val acc | test acc | balanced | time |")
     print("|---|---|---|---|---|---|---|")
     for name, flags, m, secs in rows:
+        if m["strategy"] == "finetune" and not _config_value(args.out / args.dataset / name, "freeze_bn"):
+            flags += " --no-freeze-bn"
         what = m["layer"] if m["strategy"] == "linear" else f"freeze {m['freeze']}, best epoch " \
             f"{m['training']['best_epoch']}/{m['training']['epochs_run']}"
         print(f"| {name} | `{flags}` | {what} | {m['val']['accuracy']:.1%} | {m['test']['accuracy']:.1%} | "
