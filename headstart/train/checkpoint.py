@@ -31,8 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from headstart.errors import CheckpointError, name_file
-from headstart.features.atomic import clean_stale_tmp, tmp_path_for
+from headstart.errors import CheckpointError
+from headstart.features.atomic import atomic_write, clean_stale_tmp, tmp_path_for
 
 __all__ = ["TrainState", "capture_rng", "checkpoint_exists", "decode", "encode", "load_checkpoint",
            "restore_rng", "save_checkpoint", "save_tensors"]
@@ -130,33 +130,7 @@ def _hashable(k: Any) -> Any:
     return tuple(_hashable(v) for v in k) if isinstance(k, (list, tuple)) else k
 
 
-# -- atomic files ---------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(dest: Path, write: Any) -> None:
-    tmp = tmp_path_for(dest)  # named by pid: the next save removes it if this process is killed mid-write
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise name_file(e, dest)  # ENOSPC from write/fsync names no file: say where the disk was full
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(dest.parent)
-
-
+# -- atomic files: one implementation for the package (headstart.features.atomic) ---------------------
 def save_tensors(dest: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """A safetensors file written atomically (own contiguous CPU copies of the tensors)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -164,11 +138,11 @@ def save_tensors(dest: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     # Serialised in memory and written by Python: safetensors' file writer reports a full disk as a
     # SafetensorError, not as the OSError(ENOSPC) the CLI turns into a one-line message.
     data = save(own, metadata=metadata)
-    _atomic_write(dest, lambda tmp: tmp.write_bytes(data))
+    atomic_write(dest, data)
 
 
 def _write_json(dest: Path, data: Any) -> None:
-    _atomic_write(dest, lambda tmp: tmp.write_text(json.dumps(data), encoding="utf-8"))
+    atomic_write(dest, json.dumps(data).encode("utf-8"))
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
