@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save
 
@@ -31,7 +32,7 @@ from headstart.features.atomic import clean_stale_tmp, tmp_path_for
 from headstart.features.cache import hash_file
 from headstart.heads.params import LinearParams
 from headstart.models import Backbone, PreprocessSpec, create_model
-from headstart.predict import Predictor, PredictResult, softmax
+from headstart.predict import Predictor, PredictResult
 
 FORMAT = "headstart.bundle/1"
 META, HEAD, WEIGHTS = "bundle.json", "head.safetensors", "weights.safetensors"
@@ -133,7 +134,7 @@ def _load_finetune(meta: dict[str, Any], arrays: dict[str, np.ndarray], backend:
         raise BundleError(f"weights do not fit {meta['model']} ({str(e).splitlines()[0]}); the bundle is damaged") from None
     model.weights_id = str(meta["weights_id"])
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    predictor = Predictor(model.eval(), spec, meta["classes"], lambda outs: softmax(outs[0]), backend=backend)
+    predictor = Predictor(model.eval(), spec, meta["classes"], lambda outs: softmax(outs[0], axis=1), backend=backend)
     return LoadedModel(list(meta["classes"]), meta["model"], [], meta, predictor)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 from torch import nn
 
 from headstart.data import BatchLoader, DecodeFailure, EvalTransform, find_images
@@ -33,12 +34,6 @@ class PredictResult:
     failures: list[DecodeFailure] = field(default_factory=list)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class Predictor:
     """A frozen network plus what turns its outputs into class probabilities.
 
@@ -57,7 +52,7 @@ class Predictor:
     def from_zoo(cls, name: str, *, backend: str = "auto") -> Predictor:
         """An ImageNet-1k classifier from the model zoo."""
         model = create_model(name, pretrained=True)
-        return cls(model, model.spec, imagenet_labels(), lambda outs: softmax(outs[0]), backend=backend)
+        return cls(model, model.spec, imagenet_labels(), lambda outs: softmax(outs[0], axis=1), backend=backend)
 
     def _get_engine(self):
         if self._engine is None:

@@ -9,20 +9,24 @@ import pytest
 from PIL import Image
 
 
+def class_image(cls_index: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """One picture of class ``cls_index``: a colour (and, for odd classes, a square) plus noise."""
+    base = np.zeros((size, size, 3), np.float32)
+    base[..., cls_index % 3] = 180.0
+    if cls_index % 2:
+        base[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255.0
+    return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+
 def make_class_folder(root: Path, n_per_class: int = 12, classes: tuple[str, ...] = ("circle", "square"),
                       size: int = 40, seed: int = 0) -> Path:
-    """A small but learnable dataset: each class is a distinct colour/shape pattern plus noise."""
+    """``root/<class>/<class>_NNN.png``: a small but learnable dataset (see ``class_image``)."""
     rng = np.random.default_rng(seed)
     for ci, cls in enumerate(classes):
         d = root / cls
         d.mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
-            base = np.zeros((size, size, 3), np.float32)
-            base[..., ci % 3] = 180.0
-            if ci % 2:
-                base[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255.0
-            img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(d / f"{cls}_{i:03d}.png")
+            Image.fromarray(class_image(ci, rng, size)).save(d / f"{cls}_{i:03d}.png")
     return root
 
 

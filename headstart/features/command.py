@@ -12,7 +12,7 @@ from headstart.errors import DatasetError
 from headstart.features.cache import FeatureCache, default_cache_dir
 from headstart.features.export import write_codes
 from headstart.features.extract import extract_codes
-from headstart.fit.checks import TEST, TRAIN, VAL, count_duplicates_across_splits
+from headstart.fit.checks import SPLIT_IDS, count_duplicates_across_splits
 from headstart.fit.layers import parse_layer
 from headstart.models import create_model
 
@@ -42,8 +42,7 @@ def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str =
         raise DatasetError(f"none of the {len(rows)} images could be read or decoded (see the warnings above); "
                            "check that DATA holds image files")
     if classes:  # the same warning as fit's: a test image that is a copy of a training image
-        split_ids = {"train": TRAIN, "val": VAL, "test": TEST}
-        count_duplicates_across_splits(result.hashes, np.array([split_ids[rows[i][2]] for i in result.index]),
+        count_duplicates_across_splits(result.hashes, np.array([SPLIT_IDS[rows[i][2]] for i in result.index]),
                                        result.paths)
     write_codes(out, result, backbone=backbone, taps=list(taps),
                 labels=[r[1] for r in rows] if classes else None,

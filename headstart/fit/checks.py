@@ -11,9 +11,10 @@ import numpy as np
 
 from headstart.errors import DatasetError
 
-__all__ = ["count_duplicates_across_splits", "require_training_images"]
+__all__ = ["SPLIT_IDS", "count_duplicates_across_splits", "require_training_images"]
 
-TRAIN, VAL, TEST = 0, 1, 2  # split ids, as in ``headstart.fit.linear.SPLIT_IDS``
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # how a split is stored in per-image arrays
+TRAIN, VAL, TEST = SPLIT_IDS["train"], SPLIT_IDS["val"], SPLIT_IDS["test"]
 
 
 def require_training_images(classes: Sequence[str], labels: np.ndarray, split: np.ndarray) -> None:

@@ -15,12 +15,10 @@ import numpy as np
 import torch
 
 from headstart.config import FitConfig
-from headstart.data import ImageFolder
 from headstart.data.augment import PcaLighting, compute_pca_lighting
 from headstart.evaluate.metrics import classification_metrics
-from headstart.fit.checks import count_duplicates_across_splits
 from headstart.fit.linear import SPLIT_IDS, Codes, extract_dataset, make_head, select
-from headstart.fit.rundir import RunDir
+from headstart.fit.rundir import start_run
 from headstart.models import POOLED, Backbone, create_model
 from headstart.train import EMA, CurveLogger, EarlyStopping, ImageSet, SnapshotEnsemble, diagnose, evaluate, train
 
@@ -46,17 +44,12 @@ def probe_head(model: Backbone, codes: Codes, cfg: FitConfig, classes: list[str]
 def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     cfg = cfg.validate()
     ft = cfg.finetune
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
-    ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
-                     seed=cfg.data.seed)
-    run.write_json("splits.json", ds.to_dict())
+    run, ds = start_run(cfg)
     model = create_model(cfg.model, drop_rate=ft.dropout, drop_path_rate=ft.drop_path)
     t0 = time.perf_counter()
     # The pooled codes of every split, computed once (and cached): the probe's features, and the check of
     # every file, so that undecodable files are dropped up front: listed once, excluded from the counts.
     codes = extract_dataset(ds, model, [POOLED], cfg, progress=progress)
-    duplicates = count_duplicates_across_splits(codes.hashes, codes.split, codes.paths)
     skipped = {f.path for f in codes.failures}
     splits = {name: [s for s in items if s.path not in skipped] for name, items in ds.splits.items()}
     probe = probe_head(model, codes, cfg, ds.classes) if ft.head_init == "probe" else {}
@@ -116,8 +109,8 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
                                                                     "snapshots": len(snapshots.saved) if snapshots else 0},
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                      "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
-        "skipped_files": [{"path": str(f.path), "reason": f.reason} for f in codes.failures],
-        "duplicates_across_splits": duplicates, "batch_size": batch_size,
+        "skipped_files": codes.skipped_files(),
+        "duplicates_across_splits": codes.duplicates, "batch_size": batch_size,
         "timing": {"probe_s": round(probe_s, 3), "train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
     }
     run.write_json("metrics.json", metrics)

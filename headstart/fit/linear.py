@@ -18,14 +18,12 @@ from headstart.data import ImageFolder
 from headstart.errors import ConfigError
 from headstart.evaluate.metrics import classification_metrics
 from headstart.features import FeatureCache, default_cache_dir, extract_codes
-from headstart.fit.checks import TEST, TRAIN, VAL, count_duplicates_across_splits, require_training_images
+from headstart.fit.checks import SPLIT_IDS, count_duplicates_across_splits, require_training_images
 from headstart.fit.layers import Layer, layer_name, parse_layer
-from headstart.fit.rundir import RunDir
+from headstart.fit.rundir import start_run
 from headstart.heads import LinearSVM, SoftmaxRegression, cross_val_sweep, sweep_C
 from headstart.heads.params import LinearParams
 from headstart.models import Backbone, create_model
-
-SPLIT_IDS = {"train": TRAIN, "val": VAL, "test": TEST}
 
 
 @dataclass
@@ -36,12 +34,15 @@ class Codes:
     labels: np.ndarray
     split: np.ndarray  # SPLIT_IDS values
     failures: list[Any] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)  # SHA-256 of each row's file
-    paths: list[Path] = field(default_factory=list)
+    duplicates: int = 0  # test images byte-identical to a train/val image (warned about at extraction)
     batch_size: int = 0  # what extraction ran with (the one chosen when engine.batch_size is 0, auto)
 
     def X(self, layer: Layer, mask: np.ndarray) -> np.ndarray:
         return np.hstack([self.by_tap[t][mask] for t in layer]).astype(np.float32, copy=False)
+
+    def skipped_files(self) -> list[dict[str, str]]:
+        """The undecodable files, as metrics.json lists them."""
+        return [{"path": str(f.path), "reason": f.reason} for f in self.failures]
 
 
 def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: FitConfig, *,
@@ -53,7 +54,8 @@ def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: F
     labels = np.array([s.label for s, _ in samples])[res.index]
     split = np.array([k for _, k in samples])[res.index]
     require_training_images(ds.classes, labels, split)
-    return Codes(res.codes, labels, split, list(res.failures), list(res.hashes), list(res.paths), res.batch_size)
+    duplicates = count_duplicates_across_splits(res.hashes, split, res.paths)
+    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size)
 
 
 def make_head(cfg: FitConfig):  # noqa: ANN201
@@ -109,11 +111,7 @@ def to_params(head: Any) -> LinearParams:
 def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole linear strategy; writes RUN_DIR and returns the metrics dict."""
     cfg = cfg.validate()
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
-    ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
-                     seed=cfg.data.seed)
-    run.write_json("splits.json", ds.to_dict())
+    run, ds = start_run(cfg)
     backbone = create_model(cfg.model)
     candidates = parse_layer(backbone, cfg.linear.layer)
     taps = [t for t in backbone.tap_names if any(t in c for c in candidates)]
@@ -121,7 +119,6 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     codes = extract_dataset(ds, backbone, taps, cfg, progress=progress)
     extract_s = time.perf_counter() - t0
-    duplicates = count_duplicates_across_splits(codes.hashes, codes.split, codes.paths)
 
     t0 = time.perf_counter()
     layer, C, table = select(codes, candidates, cfg, ds.classes)
@@ -146,8 +143,8 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
                 else f"{cfg.linear.cv_folds}-fold cross-validation on train"},
         "test": test_metrics,
         "selection": table,
-        "skipped_files": [{"path": str(f.path), "reason": f.reason} for f in codes.failures],
-        "duplicates_across_splits": duplicates, "batch_size": codes.batch_size,
+        "skipped_files": codes.skipped_files(),
+        "duplicates_across_splits": codes.duplicates, "batch_size": codes.batch_size,
         "timing": {"extract_s": round(extract_s, 3), "fit_s": round(fit_s, 3)},
     }
     run.write_json("metrics.json", metrics)

@@ -9,6 +9,7 @@ from typing import Any
 import tomli_w
 
 from headstart.config import FitConfig, to_dict
+from headstart.data import ImageFolder
 from headstart.features.atomic import atomic_write, clean_stale_tmp
 
 
@@ -35,3 +36,14 @@ class RunDir:
         dest = self.path / name
         atomic_write(dest, text.encode("utf-8", "surrogateescape"))
         return dest
+
+
+def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
+    """What every strategy does first: the run directory with the resolved config, and the dataset with
+    its splits, recorded as ``splits.json`` so the run can be audited and reproduced."""
+    run = RunDir(cfg.out)
+    run.write_config(cfg)
+    ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
+                     seed=cfg.data.seed)
+    run.write_json("splits.json", ds.to_dict())
+    return run, ds

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit, softmax
 
 PROBA_KINDS = ("softmax", "ovr_sigmoid")
 
@@ -32,11 +33,9 @@ class LinearParams:
         if self.proba == "softmax":
             if s.shape[1] == 1:  # binary logistic: the score is the positive class's logit
                 s = np.hstack([np.zeros_like(s), s])
-            s = s - s.max(axis=1, keepdims=True)
-            e = np.exp(s)
-            return e / e.sum(axis=1, keepdims=True)
+            return softmax(s, axis=1)
         assert self.calib_a is not None and self.calib_b is not None
-        p = 1.0 / (1.0 + np.exp(self.calib_a * s + self.calib_b))
+        p = expit(-(self.calib_a * s + self.calib_b))
         if p.shape[1] == 1:
             return np.hstack([1.0 - p, p])
         total = p.sum(axis=1, keepdims=True)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.special import expit
+from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -128,12 +128,6 @@ def linear_scores(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray, chunk:
     for i in range(0, X.shape[0], chunk):
         out[i : i + chunk] = X[i : i + chunk].astype(np.float64) @ coef.T + intercept
     return out
-
-
-def softmax_rows(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------- torch solver
@@ -328,7 +322,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if z.ndim == 1:
             p1 = expit(z)
             return np.column_stack([1.0 - p1, p1])
-        return softmax_rows(z)
+        return softmax(z, axis=1)
 
     def to_params(self) -> LinearParams:
         """The fitted head as plain arrays (what a bundle stores); same ``predict_proba``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.svm import LinearSVC
@@ -21,7 +21,6 @@ from headstart.heads.softmax import (
     check_Xy,
     fold_standardization,
     linear_scores,
-    softmax_rows,
     standardize_stats,
 )
 
@@ -133,7 +132,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         s = self.decision_function(X)
         s2 = s[:, None] if s.ndim == 1 else s
         if self.calib_a_ is None:
-            return softmax_rows(np.hstack([np.zeros_like(s2), s2]) if s.ndim == 1 else s2)
+            return softmax(np.hstack([np.zeros_like(s2), s2]) if s.ndim == 1 else s2, axis=1)
         p = expit(-(self.calib_a_ * s2 + self.calib_b_))  # 1 / (1 + exp(a s + b)), no overflow warning
         if s.ndim == 1:
             return np.column_stack([1.0 - p[:, 0], p[:, 0]])

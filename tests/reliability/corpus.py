@@ -19,21 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from conftest import class_image  # the fast tests' images: one recipe for both suites
+
 __all__ = ["FILE_ITEMS", "FileItem", "build_corpus_folder", "class_image", "make_ycck_jpeg", "png_bytes",
            "write_non_utf8", "ycck_expected_rgb"]
 
 # A non-UTF-8 file name (Latin-1 "café"): on Linux file names are bytes, and Python maps the invalid byte
 # to a lone surrogate ("caf\udce9.png") that cannot be printed to a UTF-8 terminal as is.
 NON_UTF8_NAME = b"caf\xe9.png"
-
-
-def class_image(cls_index: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
-    """The same kind of picture as ``conftest.make_class_folder``: colour/shape per class, plus noise."""
-    base = np.zeros((size, size, 3), np.float32)
-    base[..., cls_index % 3] = 180.0
-    if cls_index % 2:
-        base[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255.0
-    return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
 
 
 def _rgb(path: Path, cls: int, seed: int, size: int = 40) -> Image.Image:

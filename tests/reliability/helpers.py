@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
 
 from headstart.cli import main
 
-from .corpus import class_image
+from conftest import make_class_folder  # noqa: F401 (the tests import it from here with the other helpers)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ("--model", "tiny_test", "--backend", "torch", "-q")
@@ -123,19 +121,6 @@ def spawn(args: list[str | Path], setup: str = "", **kw: Any) -> subprocess.Pope
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     return subprocess.Popen([sys.executable, "-c", _CHILD.format(setup=setup), *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, **kw)
-
-
-# -- datasets -----------------------------------------------------------------------------------------------
-def make_dataset(root: Path, n_per_class: int = 10, classes: tuple[str, ...] = ("circle", "square"),
-                 size: int = 40, seed: int = 0) -> Path:
-    """``root/<class>/<class>_NNN.png``: small, learnable images (a colour and a shape per class)."""
-    rng = np.random.default_rng(seed)
-    for ci, cls in enumerate(classes):
-        d = root / cls
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            Image.fromarray(class_image(ci, rng, size)).save(d / f"{cls}_{i:03d}.png")
-    return root
 
 
 def metrics(run_dir: Path) -> dict[str, Any]:

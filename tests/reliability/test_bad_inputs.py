@@ -31,7 +31,7 @@ from .corpus import (
     write_non_utf8,
     ycck_expected_rgb,
 )
-from .helpers import TINY, Result, make_dataset, metrics, real_class, run
+from .helpers import TINY, Result, make_class_folder, metrics, real_class, run
 
 CLASSES = ["circle", "square"]
 FINETUNE = ("--strategy", "finetune", "--epochs", "2", "--freeze", "1", "--batch-size", "8")
@@ -175,7 +175,7 @@ def model(corpus: CorpusRuns) -> Path:
 
 
 def test_empty_class_folder(tmp_path: Path, model: Path) -> None:
-    data = make_dataset(tmp_path / "data", 6)
+    data = make_class_folder(tmp_path / "data", 6)
     (data / "empty").mkdir()
     for r in (_extract(data, tmp_path / "codes"), _fit(data, tmp_path / "run"),
               _fit(data, tmp_path / "ft", *FINETUNE)):
@@ -186,7 +186,7 @@ def test_empty_class_folder(tmp_path: Path, model: Path) -> None:
 
 
 def test_class_with_one_image(tmp_path: Path, model: Path) -> None:
-    data = make_dataset(tmp_path / "data", 6)
+    data = make_class_folder(tmp_path / "data", 6)
     (data / "lonely").mkdir()
     shutil.copy(data / "circle" / "circle_000.png", data / "lonely" / "only.png")
     for r in (_extract(data, tmp_path / "codes"), _fit(data, tmp_path / "run")):
@@ -195,7 +195,7 @@ def test_class_with_one_image(tmp_path: Path, model: Path) -> None:
 
 
 def test_class_whose_every_file_is_undecodable(tmp_path: Path, model: Path) -> None:
-    data = make_dataset(tmp_path / "data", 6)
+    data = make_class_folder(tmp_path / "data", 6)
     (data / "broken").mkdir()
     for i in range(6):
         (data / "broken" / f"b{i}.jpg").write_bytes(b"<html>not an image</html>")
@@ -230,7 +230,7 @@ def _assert_labels_follow_real_folders(run_dir: Path, data: Path) -> None:
 
 def test_symlink_loop_to_a_parent_folder(tmp_path: Path, model: Path) -> None:
     """``circle/loop -> ..`` would make every square also a circle: it is not followed, with a warning."""
-    data = make_dataset(tmp_path / "data", 8)
+    data = make_class_folder(tmp_path / "data", 8)
     os.symlink("..", data / "circle" / "loop")
     for r in (_fit(data, tmp_path / "run"), _fit(data, tmp_path / "ft", *FINETUNE)):
         r.assert_ok()
@@ -248,7 +248,7 @@ def test_symlink_loop_to_a_parent_folder(tmp_path: Path, model: Path) -> None:
 
 
 def test_class_folder_that_is_a_symlink_to_the_dataset(tmp_path: Path) -> None:
-    data = make_dataset(tmp_path / "data", 8)
+    data = make_class_folder(tmp_path / "data", 8)
     os.symlink(".", data / "everything")
     r = _fit(data, tmp_path / "run").assert_ok()
     assert any("everything" in w and "not a class" in w for w in r.warnings()), r.err
@@ -259,8 +259,8 @@ def test_class_folder_that_is_a_symlink_to_the_dataset(tmp_path: Path) -> None:
 def test_symlink_from_train_into_test_is_not_followed(tmp_path: Path) -> None:
     """A class folder linking to another part of the dataset would leak test images into train."""
     data = tmp_path / "data"
-    make_dataset(data / "train", 8)
-    make_dataset(data / "test", 4, seed=1)
+    make_class_folder(data / "train", 8)
+    make_class_folder(data / "test", 4, seed=1)
     os.symlink(data / "test" / "circle", data / "train" / "circle" / "more")
     r = _fit(data, tmp_path / "run").assert_ok()
     assert any("another part of the dataset" in w for w in r.warnings()), r.err
@@ -269,8 +269,8 @@ def test_symlink_from_train_into_test_is_not_followed(tmp_path: Path) -> None:
 
 def test_duplicates_across_splits_are_warned_and_counted(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    make_dataset(data / "train", 8)
-    make_dataset(data / "test", 4, seed=1)
+    make_class_folder(data / "train", 8)
+    make_class_folder(data / "test", 4, seed=1)
     for i in range(3):  # three test images that are byte-identical copies of training images
         shutil.copy(data / "train" / "square" / f"square_00{i}.png", data / "test" / "square" / f"copy{i}.png")
     for run_dir, extra in ((tmp_path / "run", ()), (tmp_path / "ft", FINETUNE)):

@@ -35,7 +35,7 @@ from .helpers import (
     SLOW_ENGINE,
     SLOW_EPOCHS,
     TINY,
-    make_dataset,
+    make_class_folder,
     metrics,
     run,
     spawn,
@@ -51,13 +51,13 @@ FINETUNE = ("--strategy", "finetune", "--freeze", "1", "--batch-size", "8", "--e
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("crash") / "data", N_PER_CLASS, size=24)
+    return make_class_folder(tmp_path_factory.mktemp("crash") / "data", N_PER_CLASS, size=24)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """For fine-tuning: a few training steps per epoch keep each run around a second."""
-    return make_dataset(tmp_path_factory.mktemp("crash-small") / "data", 12, size=24)
+    return make_class_folder(tmp_path_factory.mktemp("crash-small") / "data", 12, size=24)
 
 
 # -- inspecting what a killed process left ---------------------------------------------------------------------

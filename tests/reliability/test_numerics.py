@@ -18,14 +18,14 @@ from headstart.models import create_model
 from headstart.train.callbacks import CurveLogger
 from headstart.train.checkpoint import load_checkpoint
 
-from .helpers import TINY, make_dataset, run
+from .helpers import TINY, make_class_folder, run
 
 FINETUNE = ("--strategy", "finetune", "--epochs", "2", "--freeze", "1", "--batch-size", "8")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("numerics") / "data", 8)
+    return make_class_folder(tmp_path_factory.mktemp("numerics") / "data", 8)
 
 
 def _broken_engine(monkeypatch: pytest.MonkeyPatch, value: float) -> None:

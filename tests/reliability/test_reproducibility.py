@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import TINY, make_dataset, metrics, run, without_timing
+from .helpers import TINY, make_class_folder, metrics, run, without_timing
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,7 +21,7 @@ FINETUNE = ("--strategy", "finetune", "--epochs", "2", "--freeze", "1", "--batch
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("repro") / "data", 10)
+    return make_class_folder(tmp_path_factory.mktemp("repro") / "data", 10)
 
 
 @pytest.mark.parametrize("strategy", ["linear", "finetune"])

@@ -11,7 +11,7 @@ import pytest
 import headstart.features.extract as extract_module
 from headstart.engine.base import AUTO_BATCH_START, AutoBatchEngine, is_out_of_memory
 
-from .helpers import TINY, make_dataset, metrics, run
+from .helpers import TINY, make_class_folder, metrics, run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,7 +21,7 @@ else:  # pragma: no cover
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("resources") / "data", 40)  # 80 images: > AUTO_BATCH_START
+    return make_class_folder(tmp_path_factory.mktemp("resources") / "data", 40)  # 80 images: > AUTO_BATCH_START
 
 
 def _memory_limited(monkeypatch: pytest.MonkeyPatch, limit: int, error: BaseException) -> list[int]:

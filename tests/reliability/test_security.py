@@ -21,7 +21,7 @@ from headstart.features import load_codes
 from headstart.train import SnapshotEnsemble
 from headstart.train.checkpoint import load_checkpoint
 
-from .helpers import TINY, make_dataset, run
+from .helpers import TINY, make_class_folder, run
 
 PACKAGE = Path(headstart.__file__).parent
 
@@ -57,7 +57,7 @@ def test_the_payload_is_live(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("security")
-    data = make_dataset(root / "data", 8)
+    data = make_class_folder(root / "data", 8)
     common = ("--cache-dir", root / "cache", *TINY)
     run("fit", data, "--out", root / "linear", *common).assert_ok()
     run("fit", data, "--out", root / "ft", "--strategy", "finetune", "--epochs", "2", "--freeze", "1",
@@ -161,7 +161,7 @@ def test_damaged_bundle_fields_are_one_error(runs: dict[str, Path], tmp_path: Pa
 @pytest.mark.parametrize("bad", ["../outside.png", "../../etc/passwd", "/etc/passwd", "circle/../../x.png",
                                  "C:\\Windows\\x.png", "\\\\server\\share\\x.png"])
 def test_split_record_paths_cannot_leave_the_dataset(tmp_path: Path, bad: str) -> None:
-    data = make_dataset(tmp_path / "data", 4)
+    data = make_class_folder(tmp_path / "data", 4)
     (tmp_path / "outside.png").write_bytes((data / "circle" / "circle_000.png").read_bytes())
     record = ImageFolder(data, test_fraction=0.5).to_dict()
     ImageFolder.from_record(record)  # the untouched record loads
@@ -172,7 +172,7 @@ def test_split_record_paths_cannot_leave_the_dataset(tmp_path: Path, bad: str) -
 
 @pytest.mark.parametrize("name", ["../codes_pooled.npy", "/etc/passwd", "..", "sub/codes_pooled.npy"])
 def test_codes_index_cannot_point_outside_its_folder(tmp_path: Path, name: str) -> None:
-    data = make_dataset(tmp_path / "data", 4)
+    data = make_class_folder(tmp_path / "data", 4)
     out = tmp_path / "codes"
     run("extract", data, "--out", out, "--cache-dir", tmp_path / "cache", *TINY).assert_ok()
     load_codes(out)  # the untouched folder loads
