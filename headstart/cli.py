@@ -118,53 +118,53 @@ def fit(
                                                    "DATA/{train,val,test}/<class>/<images>.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to write.")] = None,
     strategy: Annotated[Optional[str], typer.Option(help="linear (CNN codes + linear classifier) or finetune "
-                                                    "[default: linear].")] = None,
+                                                    "\\[default: linear].")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Backbone from `headstart models` "
-                                                 "[default: efficientnet_lite0].")] = None,
+                                                 "\\[default: efficientnet_lite0].")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Tap for the codes: a stage name, several joined by "
                                                  "commas (concatenated), or auto (compare on validation) "
-                                                 "[default: pooled].")] = None,
-    head: Annotated[Optional[str], typer.Option(help="Linear classifier: softmax or svm [default: softmax].")] = None,
+                                                 "\\[default: pooled].")] = None,
+    head: Annotated[Optional[str], typer.Option(help="Linear classifier: softmax or svm \\[default: softmax].")] = None,
     c: Annotated[Optional[float], typer.Option("--C", help="Inverse L2 strength; 0 = choose by a log-spaced "
-                                               "sweep on validation [default: 0].")] = None,
+                                               "sweep on validation \\[default: 0].")] = None,
     class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to reweight rare classes.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Validation share carved from train when there is "
-                                                          "no val folder; 0 = cross-validation [default: 0.15].")] = None,
+                                                          "no val folder; 0 = cross-validation \\[default: 0.15].")] = None,
     test_fraction: Annotated[Optional[float], typer.Option(help="Test share split off when there is no test "
-                                                           "folder [default: 0.2].")] = None,
+                                                           "folder \\[default: 0.2].")] = None,
     cv_folds: Annotated[Optional[int], typer.Option(help="Folds for choosing C/layer when there is no "
-                                                    "validation split [default: 5].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for splits and training [default: 0].")] = None,
+                                                    "validation split \\[default: 5].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for splits and training \\[default: 0].")] = None,
     backend: Annotated[Optional[str], typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
     batch_size: Annotated[Optional[str], typer.Option(help=f"{BATCH_HELP} (finetune then trains with 32) "
-                                                      "[default: 32].")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: ~/.cache/headstart].")] = None,
+                                                      "\\[default: 32].")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache \\[default: ~/.cache/headstart].")] = None,
     freeze: Annotated[Optional[int], typer.Option(help="finetune: first K stages frozen (no gradients, BN "
-                                                  "statistics fixed); 0 = train all [default: 5].")] = None,
+                                                  "statistics fixed); 0 = train all \\[default: 5].")] = None,
     freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--no-freeze-bn", help="finetune: keep BN "
-                                                      "statistics of trainable stages fixed too [default: on].")] = None,
+                                                      "statistics of trainable stages fixed too \\[default: on].")] = None,
     head_init: Annotated[Optional[str], typer.Option(help="finetune: probe (start from a linear probe, LP-FT) "
-                                                     "or random [default: probe].")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="finetune: epochs [default: 10].")] = None,
+                                                     "or random \\[default: probe].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="finetune: epochs \\[default: 10].")] = None,
     lr: Annotated[Optional[float], typer.Option(help="finetune: learning rate of the new head; pretrained "
-                                                "layers get lr × backbone-lr-mult [default: 1e-3].")] = None,
-    backbone_lr_mult: Annotated[Optional[float], typer.Option(help="finetune [default: 0.1].")] = None,
+                                                "layers get lr × backbone-lr-mult \\[default: 1e-3].")] = None,
+    backbone_lr_mult: Annotated[Optional[float], typer.Option(help="finetune \\[default: 0.1].")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="finetune: sgd, momentum, nesterov, adagrad, rmsprop, "
-                                                     "adam, adamw [default: adamw].")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="finetune [default: 0.01].")] = None,
+                                                     "adam, adamw \\[default: adamw].")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="finetune \\[default: 0.01].")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="finetune: constant, step, exponential, inverse_time, "
-                                                    "cosine, sgdr, plateau [default: cosine].")] = None,
-    warmup: Annotated[Optional[float], typer.Option(help="finetune: linear warm-up epochs [default: 1].")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="finetune [default: 0.1].")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="finetune: dropout before the head [default: 0.2].")] = None,
-    drop_path: Annotated[Optional[float], typer.Option(help="finetune: stochastic depth [default: 0].")] = None,
+                                                    "cosine, sgdr, plateau \\[default: cosine].")] = None,
+    warmup: Annotated[Optional[float], typer.Option(help="finetune: linear warm-up epochs \\[default: 1].")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="finetune \\[default: 0.1].")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="finetune: dropout before the head \\[default: 0.2].")] = None,
+    drop_path: Annotated[Optional[float], typer.Option(help="finetune: stochastic depth \\[default: 0].")] = None,
     ema: Annotated[Optional[float], typer.Option(help="finetune: EMA decay of the weights, e.g. 0.999 "
-                                                 "[default: off].")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="finetune: early-stopping patience [default: 5].")] = None,
+                                                 "\\[default: off].")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="finetune: early-stopping patience \\[default: 5].")] = None,
     snapshots: Annotated[Optional[bool], typer.Option("--snapshots/--no-snapshots", help="finetune: snapshot "
                                                       "ensemble at SGDR cycle ends.")] = None,
     tta: Annotated[Optional[str], typer.Option(help="finetune: test-time augmentation none, flip, 10crop, "
-                                               "multiscale [default: none].")] = None,
+                                               "multiscale \\[default: none].")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="finetune: flips + random "
                                                     "resized crops (off: the frozen prefix is computed once "
                                                     "and cached).")] = None,
@@ -211,7 +211,7 @@ def extract(
     layer: Annotated[str, typer.Option(help="Tap(s), comma-separated: e.g. pooled or stage5,stage6.")] = "pooled",
     backend: BackendOpt = "auto",
     batch_size: Annotated[str, typer.Option(help=BATCH_HELP + ".")] = "32",
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache [default: ~/.cache/headstart].")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache \\[default: ~/.cache/headstart].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split recorded beside the codes.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:

@@ -23,6 +23,9 @@ def test_help_is_complete(args: list[str], capsys: pytest.CaptureFixture[str], m
     if args[0] == "fit":
         for opt in ("--strategy", "--layer", "--freeze", "--config", "--resume", "--tta", "--ema"):
             assert opt in out
+        # "[default: x]" is rich markup unless escaped: it vanished from the help once, leaving "text ."
+        for default in ("[default: linear]", "[default: efficientnet_lite0]", "[default: 5]"):
+            assert default in " ".join(out.replace("│", " ").split()), default
 
 
 def test_models_lists_zoo_with_weights_status(capsys: pytest.CaptureFixture[str],
