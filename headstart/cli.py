@@ -72,23 +72,28 @@ def models(
 @app.command()
 def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (scanned recursively).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model name (ImageNet classes) or a run "
-                                       "directory from `headstart fit`.")] = "efficientnet_lite0",
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", "-m", help="Zoo model name (ImageNet classes) or a run directory from `headstart fit`; "
+        "repeat with several runs to average their probabilities (an ensemble of runs) "
+        "\\[default: efficientnet_lite0].")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image: "
                                           '{"path": ..., "top": [{"label": ..., "prob": ...}]}.')] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     backend: BackendOpt = "auto",
 ) -> None:
-    """Predict the top-k classes of images with a zoo model or a trained run."""
+    """Predict the top-k classes of images with a zoo model, a trained run, or several runs averaged."""
+    from headstart.ensemble import EnsemblePredictor
     from headstart.predict import Predictor
 
-    if Path(model).is_dir():
-        from headstart.bundle import load
+    def one(name: str) -> Predictor:
+        if Path(name).is_dir():
+            from headstart.bundle import load
 
-        predictor = load(model, backend=backend).predictor
-    else:
-        predictor = Predictor.from_zoo(model, backend=backend)
+            return load(name, backend=backend).predictor
+        return Predictor.from_zoo(name, backend=backend)
+
+    predictor = EnsemblePredictor([one(m) for m in (model or ["efficientnet_lite0"])])
     result = predictor.predict(paths, top_k=top_k, batch_size=batch_size)
     for p in result.predictions:
         if as_json:
@@ -98,6 +103,37 @@ def predict(
             console.print(f"[bold]{escape(str(p.path))}[/bold]  {escape(best)}", highlight=False)
     if not result.predictions:
         raise HeadstartError("no image could be decoded; check the paths (see warnings above)")
+
+
+@app.command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories from `headstart fit`; several are also "
+                                               "evaluated as an ensemble (mean probabilities).")],
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder, if it moved since the first run.")] = None,
+    split: Annotated[str, typer.Option(help="Split of the first run's splits.json: test or val.")] = "test",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation for fine-tuned runs: none, flip, 10crop or "
+                                     "multiscale.")] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Metrics of trained runs on their held-out split, each alone and averaged as an ensemble."""
+    from headstart.ensemble import evaluate_runs
+
+    result = evaluate_runs(runs, data=data, split=split, tta=tta, batch_size=batch_size, backend=backend)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{result['split']} split: {result['n']} images, tta {result['tta']}")
+    for col in ("run", "kind", "accuracy", "balanced", "log-loss"):
+        table.add_column(col, no_wrap=col == "run")
+    rows = [(r["run"], r["kind"], r) for r in result["runs"]]
+    if len(rows) > 1:
+        rows.append((f"ensemble of {len(rows)}", "mean probability", result["ensemble"]))
+    for name, kind, m in rows:
+        table.add_row(escape(name), kind, f"{m['accuracy']:.1%}", f"{m['balanced_accuracy']:.1%}",
+                      f"{m['log_loss']:.3f}")
+    console.print(table)
 
 
 def _fit_config(config: Optional[Path], overrides: dict):  # noqa: ANN202

@@ -1,0 +1,138 @@
+"""An ensemble of runs: several trained bundles with the same classes, their softmax averaged.
+
+Runs that differ in seed, strategy, frozen depth or backbone make different mistakes; the mean of their
+probabilities is usually better than the best member (the "ensemble of runs" of the fine-tuning craft).
+
+>>> ens = load_ensemble(["runs/a", "runs/b", "runs/c"])  # doctest: +SKIP
+>>> ens.predict(["scan.jpg"]).predictions[0].top[0]  # doctest: +SKIP
+('pituitary_tumor', 0.91)
+>>> evaluate_runs(["runs/a", "runs/b"])["ensemble"]["accuracy"]  # doctest: +SKIP
+0.81
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.bundle import LoadedModel, load
+from headstart.data import DecodeFailure, ImageFolder
+from headstart.errors import ConfigError, HeadstartError
+from headstart.evaluate.metrics import classification_metrics
+from headstart.predict import Predictor
+from headstart.train.prefix import ImageSet
+from headstart.train.tta import TTA_MODES, evaluate
+
+__all__ = ["EnsemblePredictor", "evaluate_runs", "load_ensemble"]
+
+
+class EnsemblePredictor(Predictor):
+    """``Predictor`` whose probabilities are the mean of its members' (all must share one class list)."""
+
+    def __init__(self, members: Sequence[Predictor]) -> None:
+        if not members:
+            raise ConfigError("an ensemble needs at least one model")
+        first = members[0]
+        for i, m in enumerate(members[1:], start=2):
+            if m.labels != first.labels:
+                raise ConfigError(f"model {i} predicts other classes than model 1 ({_classes(m.labels)} vs "
+                                  f"{_classes(first.labels)}); an ensemble averages runs on the same classes")
+        super().__init__(first.module, first.spec, first.labels, first.to_proba, backend=first.backend)
+        self.members = list(members)
+
+    def predict_proba(self, paths: Sequence[Path], *,
+                      batch_size: int = 32) -> tuple[np.ndarray, list[int], list[DecodeFailure]]:
+        if len(self.members) == 1:
+            return self.members[0].predict_proba(paths, batch_size=batch_size)
+        outs = [m.predict_proba(paths, batch_size=batch_size) for m in self.members]
+        # Decoding is deterministic, so every member skips the same files; intersect anyway to be exact.
+        common = sorted(set.intersection(*(set(idx) for _, idx, _ in outs)))
+        aligned = []
+        for p, idx, _ in outs:
+            row_of = {j: r for r, j in enumerate(idx)}
+            aligned.append(p[[row_of[i] for i in common]])
+        mean = np.mean(aligned, axis=0)
+        failures = {f.path: f for _, _, fs in outs for f in fs}
+        return mean.astype(np.float32), common, list(failures.values())
+
+
+def load_ensemble(runs: Sequence[str | Path], *, backend: str = "auto") -> EnsemblePredictor:
+    """The bundles of ``runs`` (run directories from ``headstart fit``) as one predictor."""
+    return EnsemblePredictor([load(r, backend=backend).predictor for r in runs])
+
+
+def evaluate_runs(runs: Sequence[str | Path], *, data: str | Path | None = None, split: str = "test",
+                  tta: str = "none", batch_size: int = 32, backend: str = "auto") -> dict[str, Any]:
+    """Metrics of every run and of their ensemble on ``split`` of the first run's recorded splits.
+
+    ``data`` is the dataset folder when it has moved since the first run. ``tta`` (flip, 10crop, multiscale)
+    applies to fine-tuned runs only. The split is the one recorded in the first run's ``splits.json``; a run
+    whose record holds other files for that split gets a warning (its figure may then include images it
+    was trained on).
+    """
+    if not runs:
+        raise ConfigError("name at least one run directory")
+    if tta not in TTA_MODES:
+        raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
+    records = [_split_record(Path(r)) for r in runs]
+    ds = ImageFolder.from_record(records[0], root=data)
+    if split not in ds.splits or not ds.splits[split]:
+        raise HeadstartError(f"{runs[0]} has no {split!r} split to evaluate on (splits: {', '.join(ds.splits)})")
+    for run, rec in zip(runs[1:], records[1:]):
+        if rec.get("splits", {}).get(split) != records[0]["splits"].get(split):
+            warnings.warn(f"{run} was made with another {split} split than {runs[0]}: its images may have been "
+                          "in that run's training data", stacklevel=2)
+    samples = ds.splits[split]
+    images = ImageSet.from_samples(samples)
+    members = [load(r, backend=backend) for r in runs]
+    EnsemblePredictor([m.predictor for m in members])  # the class lists must agree
+    if members[0].classes != ds.classes:
+        raise ConfigError(f"{runs[0]}'s bundle predicts {_classes(members[0].classes)} but its splits.json "
+                          f"lists {_classes(ds.classes)}; the run directory is inconsistent")
+    per_run, probs = [], []
+    for run, member in zip(runs, members):
+        p = _member_proba(member, images, tta, batch_size)
+        probs.append(p)
+        per_run.append({"run": str(run), "kind": member.meta["kind"]} |
+                       classification_metrics(images.labels, p, ds.classes))
+    ensemble = classification_metrics(images.labels, np.mean(probs, axis=0), ds.classes)
+    return {"split": split, "n": len(samples), "tta": tta, "classes": ds.classes, "runs": per_run,
+            "ensemble": ensemble}
+
+
+def _member_proba(member: LoadedModel, images: ImageSet, tta: str, batch_size: int) -> np.ndarray:
+    """(N, C) probabilities of every image, or an error naming the first that cannot be decoded."""
+    if tta != "none":
+        if member.meta["kind"] != "finetune":
+            raise ConfigError(f"--tta {tta} needs fine-tuned runs; {member.model} + linear head is a linear run "
+                              "(evaluate it with --tta none)")
+        probs, _ = evaluate(member.predictor.module, images, tta=tta, batch_size=batch_size, spec=member.predictor.spec)
+        if len(probs) != len(images):
+            raise HeadstartError(f"{len(images) - len(probs)} image(s) of the split can no longer be decoded")
+        return probs
+    p, idx, failures = member.predictor.predict_proba(images.paths, batch_size=batch_size)
+    if failures:
+        raise HeadstartError(f"cannot decode {failures[0].path} ({failures[0].reason}); it was readable when the "
+                             "run was made")
+    out = np.empty_like(p)
+    out[idx] = p
+    return out
+
+
+def _split_record(run: Path) -> dict[str, Any]:
+    file = run / "splits.json"
+    if not file.is_file():
+        raise HeadstartError(f"{run} has no splits.json; pass a run directory made by `headstart fit`")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HeadstartError(f"{file} is not valid JSON ({e})") from None
+
+
+def _classes(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:5])}, … ({len(names)} classes)"
