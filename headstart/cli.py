@@ -188,6 +188,10 @@ def fit(
     optimizer: Annotated[Optional[str], typer.Option(help="finetune: sgd, momentum, nesterov, adagrad, rmsprop, "
                                                      "adam, adamw \\[default: adamw].")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="finetune \\[default: 0.01].")] = None,
+    layer_decay: Annotated[Optional[float], typer.Option(help="finetune: LR × this per stage below the last "
+                                                         "trainable one \\[default: 1, off].")] = None,
+    l1: Annotated[Optional[float], typer.Option("--l1", help="finetune: L1 strength added to the loss (with "
+                                                "--weight-decay: elastic net) \\[default: 0].")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="finetune: constant, step, exponential, inverse_time, "
                                                     "cosine, sgdr, plateau \\[default: cosine].")] = None,
     warmup: Annotated[Optional[float], typer.Option(help="finetune: linear warm-up epochs \\[default: 1].")] = None,
@@ -204,6 +208,12 @@ def fit(
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="finetune: flips + random "
                                                     "resized crops (off: the frozen prefix is computed once "
                                                     "and cached).")] = None,
+    crop: Annotated[Optional[str], typer.Option(help="finetune: training crop rrc (random resized), scale_jitter "
+                                                "(ResNet short-side jitter) or center \\[default: rrc].")] = None,
+    color_jitter: Annotated[Optional[float], typer.Option(help="finetune: brightness, contrast and saturation "
+                                                          "factors drawn in 1 ± this \\[default: 0].")] = None,
+    pca_lighting: Annotated[Optional[float], typer.Option(help="finetune: AlexNet PCA colour augmentation, std "
+                                                          "of the coefficients, e.g. 0.1 \\[default: 0].")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (e.g. a previous "
                                                    "RUN_DIR/config.toml); flags override it.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a killed fine-tuning run from RUN_DIR's last "
@@ -227,10 +237,15 @@ def fit(
                                    label_smoothing=label_smoothing, dropout=dropout, drop_path=drop_path, ema=ema,
                                    patience=patience, snapshots=snapshots, tta=tta)
     overrides["finetune"]["optim"] = _given(name=optimizer, lr=lr, backbone_lr_mult=backbone_lr_mult,
-                                            weight_decay=weight_decay)
+                                            weight_decay=weight_decay, layer_decay=layer_decay, l1=l1)
     overrides["finetune"]["schedule"] = _given(name=schedule, warmup_epochs=warmup)
-    if augment is not None:
-        overrides["finetune"]["augment"] = {"hflip": augment, "crop": "rrc" if augment else "center"}
+    aug: dict = {}
+    if augment is not None:  # --no-augment turns every randomisation off, including any from --config
+        aug = {"hflip": True, "crop": "rrc"} if augment else {"hflip": False, "crop": "center", "brightness": 0.0,
+                                                             "contrast": 0.0, "saturation": 0.0, "pca_lighting": 0.0}
+    if color_jitter is not None:
+        aug |= {"brightness": color_jitter, "contrast": color_jitter, "saturation": color_jitter}
+    overrides["finetune"]["augment"] = aug | _given(crop=crop, pca_lighting=pca_lighting)
     if resume is not None:
         config = config or resume / "config.toml"
         overrides["out"] = str(resume)

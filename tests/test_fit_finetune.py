@@ -65,3 +65,32 @@ def test_resume_flag_continues_a_run(data: Path, tmp_path: Path, capsys: pytest.
     code, stdout, err = run_cli(capsys, monkeypatch, "fit", "--resume", str(out), "-q")
     assert code == 0, err
     assert len((out / "curves.jsonl").read_text().splitlines()) == 2  # nothing re-trained, nothing duplicated
+
+
+def test_cli_craft_flags_reach_the_config(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+
+    out = tmp_path / "run"
+    base = ["fit", str(data), "--strategy", "finetune", "--model", "tiny_test", "--epochs", "1", "--freeze", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--backend", "torch", "-q"]
+    code, _, err = run_cli(capsys, monkeypatch, *base, "--out", str(out), "--crop", "scale_jitter",
+                           "--color-jitter", "0.2", "--pca-lighting", "0.1", "--layer-decay", "0.8", "--l1", "1e-5")
+    assert code == 0, err
+    ft = tomllib.loads((out / "config.toml").read_text())["finetune"]
+    assert ft["optim"]["layer_decay"] == 0.8 and ft["optim"]["l1"] == 1e-5
+    aug = ft["augment"]
+    assert aug["crop"] == "scale_jitter" and aug["brightness"] == aug["contrast"] == aug["saturation"] == 0.2
+    assert aug["pca_lighting"] == 0.1 and (out / "pca_lighting.json").is_file()
+    assert "online prefix" in json.loads((out / "metrics.json").read_text())["training"]["feed"]
+
+    # --no-augment switches off every randomisation, also those of a config file: the prefix is cached.
+    code, _, err = run_cli(capsys, monkeypatch, *base, "--out", str(tmp_path / "plain"), "--config",
+                           str(out / "config.toml"), "--no-augment")
+    assert code == 0, err
+    aug = tomllib.loads((tmp_path / "plain" / "config.toml").read_text())["finetune"]["augment"]
+    assert not aug["hflip"] and aug["crop"] == "center" and aug["brightness"] == aug["pca_lighting"] == 0
+    assert "cached prefix" in json.loads((tmp_path / "plain" / "metrics.json").read_text())["training"]["feed"]
+
+    code, _, err = run_cli(capsys, monkeypatch, *base, "--out", str(tmp_path / "bad"), "--crop", "zoom")
+    assert code == 2 and "rrc" in err and "zoom" in err
