@@ -39,6 +39,15 @@ CONFIGS: dict[str, tuple[dict, str]] = {
     "ft_k5_aug_ema_tta": ({"strategy": "finetune",
                            "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS, ema=0.998, tta="flip")},
                           f"--strategy finetune --freeze 5 --epochs {EPOCHS} --ema 0.998 --tta flip"),
+    # Deeper fine-tuning for data far from ImageNet: stages 3.. trained, twice the epochs.
+    "ft_k3_aug_ema_tta": ({"strategy": "finetune",
+                           "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip")},
+                          f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip"),
+    "ft_k3_bn_aug_ema_tta": ({"strategy": "finetune",
+                              "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
+                                                         freeze_bn=False, head_init="random")},
+                             f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
+                             "--head-init random"),
 }
 
 

@@ -134,9 +134,9 @@ def test_resume_after_sigkill_matches_uninterrupted(data, tmp_path: Path) -> Non
     code = _CHILD.format(tests=str(Path(__file__).parent), root=root, run=str(killed))
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
-    marker, deadline, epoch = killed / "checkpoints" / "last" / "state.json", time.time() + 60, 0
+    marker, deadline = killed / "checkpoints" / "last" / "state.json", time.time() + 60
     while time.time() < deadline and proc.poll() is None:
-        if marker.exists() and (epoch := json.loads(marker.read_text())["epoch"]) >= 1:
+        if marker.exists() and json.loads(marker.read_text())["epoch"] >= 1:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
