@@ -22,7 +22,7 @@ import numpy as np
 
 from headstart.bundle import LoadedModel, load
 from headstart.data import DecodeFailure, ImageFolder
-from headstart.errors import ConfigError, HeadstartError
+from headstart.errors import ConfigError, DatasetError, HeadstartError
 from headstart.evaluate.metrics import classification_metrics
 from headstart.predict import Predictor
 from headstart.train.prefix import ImageSet
@@ -80,7 +80,10 @@ def evaluate_runs(runs: Sequence[str | Path], *, data: str | Path | None = None,
     if tta not in TTA_MODES:
         raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
     records = [_split_record(Path(r)) for r in runs]
-    ds = ImageFolder.from_record(records[0], root=data)
+    try:
+        ds = ImageFolder.from_record(records[0], root=data)
+    except DatasetError as e:  # the API's "root=" is the CLI's --data
+        raise DatasetError(f"{runs[0]}/splits.json: {str(e).replace('pass root=', 'pass --data')}") from None
     if split not in ds.splits or not ds.splits[split]:
         raise HeadstartError(f"{runs[0]} has no {split!r} split to evaluate on (splits: {', '.join(ds.splits)})")
     for run, rec in zip(runs[1:], records[1:]):

@@ -110,3 +110,16 @@ def test_evaluate_warns_when_runs_used_other_splits(runs: dict[str, Path], tmp_p
                   finetune=FinetuneConfig(epochs=1, freeze=1)), progress=False)
     with pytest.warns(UserWarning, match="another test split"):
         evaluate_runs([runs["ft1"], moved], backend="torch")
+
+
+def test_evaluate_errors_are_one_line_and_name_the_fix(runs: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run_cli(capsys, monkeypatch, "evaluate", str(tmp_path))
+    assert code == 2 and "no splits.json" in err
+    moved = tmp_path / "moved_run"
+    moved.mkdir()
+    rec = json.loads((runs["ft1"] / "splits.json").read_text()) | {"root": str(tmp_path / "gone")}
+    (moved / "splits.json").write_text(json.dumps(rec))
+    code, _, err = run_cli(capsys, monkeypatch, "evaluate", str(moved), "--backend", "torch")
+    assert code == 2 and "--data" in err and len(err.strip().splitlines()) == 1
