@@ -125,11 +125,12 @@ def evaluate(
         print(json.dumps(result))
         return
     table = Table(title=f"{result['split']} split: {result['n']} images, tta {result['tta']}")
-    for col in ("run", "kind", "accuracy", "balanced", "log-loss"):
-        table.add_column(col, no_wrap=col == "run")
+    table.add_column("run", overflow="fold")  # a long path folds; the figures never shrink to "accura…"
+    for col in ("kind", "accuracy", "balanced", "log-loss"):
+        table.add_column(col, no_wrap=True, justify="left" if col == "kind" else "right")
     rows = [(r["run"], r["kind"], r) for r in result["runs"]]
     if len(rows) > 1:
-        rows.append((f"ensemble of {len(rows)}", "mean probability", result["ensemble"]))
+        rows.append((f"ensemble of {len(rows)}", "mean", result["ensemble"]))
     for name, kind, m in rows:
         table.add_row(escape(name), kind, f"{m['accuracy']:.1%}", f"{m['balanced_accuracy']:.1%}",
                       f"{m['log_loss']:.3f}")
