@@ -18,6 +18,9 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
         f"TEST accuracy {test['accuracy']:.1%} · balanced {test['balanced_accuracy']:.1%} "
         f"(held out: no choice saw it)",
     ]
+    if dup := metrics.get("duplicates_across_splits"):
+        lines.append(f"caution: {dup} test image(s) are byte-identical to training images, so the test figure is "
+                     "optimistic (remove the copies from one split)")
     worst = sorted(test["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
     lines.append("lowest recall: " + ", ".join(f"{c} {m['recall']:.0%}" for c, m in worst))
     if len(metrics.get("selection", [])) > 1:

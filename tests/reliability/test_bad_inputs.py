@@ -280,6 +280,8 @@ def test_duplicates_across_splits_are_warned_and_counted(tmp_path: Path) -> None
                                                    "images: the test figure is optimistic; e.g. "), r.err
         assert "copy0.png" in dup[0] and "square_000.png" in dup[0]
         assert metrics(run_dir)["duplicates_across_splits"] == 3
+        # ...and the report a person reads says it too, not only the warning that scrolled past.
+        assert "caution: 3 test image(s) are byte-identical" in (run_dir / "summary.txt").read_text()
     r = _extract(data, tmp_path / "codes").assert_ok()
     assert any("3 image(s) in test are byte-identical" in w for w in r.warnings())
     # Without copies, nothing is reported.
@@ -288,6 +290,7 @@ def test_duplicates_across_splits_are_warned_and_counted(tmp_path: Path) -> None
     r = _fit(data, tmp_path / "clean").assert_ok()
     assert not any("byte-identical" in w for w in r.warnings())
     assert metrics(tmp_path / "clean")["duplicates_across_splits"] == 0
+    assert "byte-identical" not in (tmp_path / "clean" / "summary.txt").read_text()
 
 
 # -- what the terminal shows -----------------------------------------------------------------------------------
