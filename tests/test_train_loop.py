@@ -196,7 +196,7 @@ def test_nan_loss_stops_with_message_and_last_checkpoint_is_usable(data, tmp_pat
 
 def test_ema_math() -> None:
     lin = torch.nn.Linear(2, 1)
-    ema = EMA(0.9)
+    ema = EMA(0.9, warmup=False)
     ema.init(lin)
     for _ in range(5):  # constant weights: the average is those weights
         ema.update(lin)
@@ -218,6 +218,30 @@ def test_ema_math() -> None:
     with ema.swap(lin):
         torch.testing.assert_close(lin.weight, torch.full((1, 2), 0.19))
     assert torch.equal(lin.weight, live)
+
+
+def test_ema_warmup_forgets_the_first_weights() -> None:
+    lin = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.zero_()
+    ema = EMA(0.999)
+    ema.init(lin)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema.update(lin)  # decay min(0.999, 1/10): 0.9 of the new weights
+    torch.testing.assert_close(ema.shadow["weight"], torch.full((1, 2), 0.9))
+    ema.update(lin)  # decay 2/11
+    torch.testing.assert_close(ema.shadow["weight"], torch.full((1, 2), 1 - 0.1 * 2 / 11))
+    for _ in range(500):
+        ema.update(lin)
+    # Without warm-up 502 updates at 0.999 would still hold 0.999**502 = 60% of the initial zeros.
+    assert ema.shadow["weight"].min() > 0.99
+    ema.updates = 20_000  # late in a long run the configured decay applies
+    with torch.no_grad():
+        lin.weight.fill_(2.0)
+    before = ema.shadow["weight"].clone()
+    ema.update(lin)
+    torch.testing.assert_close(ema.shadow["weight"], before * 0.999 + 2.0 * 0.001)
 
 
 def test_diagnose_three_cases() -> None:
