@@ -201,6 +201,9 @@ def fit(
     drop_path: Annotated[Optional[float], typer.Option(help="finetune: stochastic depth \\[default: 0].")] = None,
     ema: Annotated[Optional[float], typer.Option(help="finetune: EMA decay of the weights, e.g. 0.999 "
                                                  "\\[default: off].")] = None,
+    ema_warmup: Annotated[Optional[bool], typer.Option("--ema-warmup/--no-ema-warmup", help="finetune: EMA decay "
+                                                       "min(ema, (1+t)/(10+t)) at step t, so the first steps' "
+                                                       "weights fade out \\[default: on].")] = None,
     patience: Annotated[Optional[int], typer.Option(help="finetune: early-stopping patience \\[default: 5].")] = None,
     snapshots: Annotated[Optional[bool], typer.Option("--snapshots/--no-snapshots", help="finetune: snapshot "
                                                       "ensemble at SGDR cycle ends.")] = None,
@@ -215,6 +218,9 @@ def fit(
                                                           "factors drawn in 1 ± this \\[default: 0].")] = None,
     pca_lighting: Annotated[Optional[float], typer.Option(help="finetune: AlexNet PCA colour augmentation, std "
                                                           "of the coefficients, e.g. 0.1 \\[default: 0].")] = None,
+    downscale: Annotated[Optional[float], typer.Option(help="finetune: probability of a random resolution drop "
+                                                       "(shrink, enlarge back), so sharpness stops telling the "
+                                                       "image's source \\[default: 0].")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (e.g. a previous "
                                                    "RUN_DIR/config.toml); flags override it.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a killed fine-tuning run from RUN_DIR's last "
@@ -236,17 +242,19 @@ def fit(
     overrides["linear"] = _given(layer=layer, head=head, C=c, class_weight=class_weight, cv_folds=cv_folds)
     overrides["finetune"] = _given(freeze=freeze, freeze_bn=freeze_bn, head_init=head_init, epochs=epochs,
                                    label_smoothing=label_smoothing, dropout=dropout, drop_path=drop_path, ema=ema,
-                                   patience=patience, snapshots=snapshots, tta=tta)
+                                   patience=patience, snapshots=snapshots, tta=tta,
+                                   ema_warmup=ema_warmup)
     overrides["finetune"]["optim"] = _given(name=optimizer, lr=lr, backbone_lr_mult=backbone_lr_mult,
                                             weight_decay=weight_decay, layer_decay=layer_decay, l1=l1)
     overrides["finetune"]["schedule"] = _given(name=schedule, warmup_epochs=warmup)
     aug: dict = {}
     if augment is not None:  # --no-augment turns every randomisation off, including any from --config
         aug = {"hflip": True, "crop": "rrc"} if augment else {"hflip": False, "crop": "center", "brightness": 0.0,
-                                                             "contrast": 0.0, "saturation": 0.0, "pca_lighting": 0.0}
+                                                             "contrast": 0.0, "saturation": 0.0, "pca_lighting": 0.0,
+                                                             "downscale": 0.0}
     if color_jitter is not None:
         aug |= {"brightness": color_jitter, "contrast": color_jitter, "saturation": color_jitter}
-    overrides["finetune"]["augment"] = aug | _given(crop=crop, pca_lighting=pca_lighting)
+    overrides["finetune"]["augment"] = aug | _given(crop=crop, pca_lighting=pca_lighting, downscale=downscale)
     if resume is not None:
         config = config or resume / "config.toml"
         overrides["out"] = str(resume)

@@ -68,6 +68,7 @@ class FinetuneConfig:
     dropout: float = 0.2  # before the head
     drop_path: float = 0.0  # stochastic depth of the trainable blocks
     ema: float = 0.0  # EMA/Polyak decay of the weights, e.g. 0.999; 0 = off
+    ema_warmup: bool = True  # EMA decay min(ema, (1+t)/(10+t)) at step t (TF/timm); off: ema from the first step
     patience: int = 5  # early stopping on validation loss; the best epoch's weights are kept
     snapshots: bool = False  # snapshot ensemble at the schedule's cycle ends (use schedule.name = "sgdr")
     tta: str = "none"  # none | flip | 10crop | multiscale

@@ -135,3 +135,30 @@ def test_train_transform_pca_uses_config_std() -> None:
     shift = out.reshape(3, -1).mean(axis=1) - 120
     np.testing.assert_allclose(out.reshape(3, -1).std(axis=1), 0.0, atol=1e-3)  # one offset per image
     assert 0 < np.linalg.norm(shift) < 0.2 * np.sqrt(vals.sum()) * 5
+
+
+def test_downscale_blurs_only_when_drawn() -> None:
+    rng = np.random.default_rng(0)
+    sharp = Image.fromarray(((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)).convert("RGB")  # 1-px checks
+    spec = PreprocessSpec(input_size=64, crop_pct=1.0)
+    plain = TrainTransform(spec, OFF)(sharp, rng)
+
+    def detail(a: np.ndarray) -> float:  # mean absolute difference between neighbouring pixels
+        return float(np.abs(np.diff(a, axis=2)).mean())
+
+    always = TrainTransform(spec, AugmentConfig(hflip=False, crop="center", downscale=1.0))
+    views = [always(sharp, np.random.default_rng(i)) for i in range(5)]
+    assert all(v.shape == plain.shape for v in views)
+    assert all(detail(v) < 0.5 * detail(plain) for v in views)  # the 1-px pattern cannot survive a shrink
+    assert len({round(detail(v), 4) for v in views}) > 1  # the drop in resolution is random
+    never = TrainTransform(spec, AugmentConfig(hflip=False, crop="center", downscale=0.0, brightness=1e-9))
+    assert detail(never(sharp, np.random.default_rng(0))) == pytest.approx(detail(plain), rel=1e-3)
+    # Half the views are dropped in resolution: about half of 200 are blurred.
+    half = TrainTransform(spec, AugmentConfig(hflip=False, crop="center", downscale=0.5))
+    blurred = sum(detail(half(sharp, np.random.default_rng(i))) < 0.5 * detail(plain) for i in range(200))
+    assert 70 < blurred < 130
+    assert AugmentConfig(hflip=False, crop="center", downscale=0.3).enabled  # no prefix cache then
+    with pytest.raises(ConfigError, match="downscale"):
+        AugmentConfig(downscale=1.5)
+    with pytest.raises(ConfigError, match="downscale_range"):
+        AugmentConfig(downscale_range=(0.0, 0.5))

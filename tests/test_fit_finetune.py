@@ -75,13 +75,14 @@ def test_cli_craft_flags_reach_the_config(data: Path, tmp_path: Path, capsys: py
     base = ["fit", str(data), "--strategy", "finetune", "--model", "tiny_test", "--epochs", "1", "--freeze", "1",
             "--cache-dir", str(tmp_path / "cache"), "--backend", "torch", "-q"]
     code, _, err = run_cli(capsys, monkeypatch, *base, "--out", str(out), "--crop", "scale_jitter",
-                           "--color-jitter", "0.2", "--pca-lighting", "0.1", "--layer-decay", "0.8", "--l1", "1e-5")
+                           "--color-jitter", "0.2", "--pca-lighting", "0.1", "--layer-decay", "0.8", "--l1", "1e-5",
+                           "--downscale", "0.3")
     assert code == 0, err
     ft = tomllib.loads((out / "config.toml").read_text())["finetune"]
     assert ft["optim"]["layer_decay"] == 0.8 and ft["optim"]["l1"] == 1e-5
     aug = ft["augment"]
     assert aug["crop"] == "scale_jitter" and aug["brightness"] == aug["contrast"] == aug["saturation"] == 0.2
-    assert aug["pca_lighting"] == 0.1 and (out / "pca_lighting.json").is_file()
+    assert aug["pca_lighting"] == 0.1 and (out / "pca_lighting.json").is_file() and aug["downscale"] == 0.3
     assert "online prefix" in json.loads((out / "metrics.json").read_text())["training"]["feed"]
 
     # --no-augment switches off every randomisation, also those of a config file: the prefix is cached.
@@ -90,6 +91,7 @@ def test_cli_craft_flags_reach_the_config(data: Path, tmp_path: Path, capsys: py
     assert code == 0, err
     aug = tomllib.loads((tmp_path / "plain" / "config.toml").read_text())["finetune"]["augment"]
     assert not aug["hflip"] and aug["crop"] == "center" and aug["brightness"] == aug["pca_lighting"] == 0
+    assert aug["downscale"] == 0
     assert "cached prefix" in json.loads((tmp_path / "plain" / "metrics.json").read_text())["training"]["feed"]
 
     code, _, err = run_cli(capsys, monkeypatch, *base, "--out", str(tmp_path / "bad"), "--crop", "zoom")

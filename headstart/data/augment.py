@@ -40,6 +40,9 @@ class AugmentConfig:
     jitter_range``, then takes a random ``input_size`` square (ResNet: 256-480 for 224 ≈ (1.14, 2.14));
     ``"center"`` keeps the eval resize + centre crop. Colour strengths ``b`` draw a factor in
     ``U[1-b, 1+b]``; ``pca_lighting`` is the std of AlexNet's per-image lighting coefficients (0.1).
+    ``downscale`` is the probability of a resolution drop (albumentations' Downscale): the view is shrunk
+    to a side of ``U[downscale_range] × input_size`` and enlarged back, so that sharpness, which often
+    tells the *source* of an image (a scanner, a website) rather than its class, stops being a cue.
 
     >>> AugmentConfig().enabled, AugmentConfig(hflip=False, crop="center").enabled
     (True, False)
@@ -54,12 +57,14 @@ class AugmentConfig:
     contrast: float = 0.0
     saturation: float = 0.0
     pca_lighting: float = 0.0
+    downscale: float = 0.0
+    downscale_range: tuple[float, float] = (0.35, 0.9)
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise ConfigError(f"augment crop must be one of {', '.join(CROPS)}; got {self.crop!r}")
         for name, lo_min, hi_max in (("rrc_scale", 0.0, 1.0), ("rrc_ratio", 0.0, math.inf),
-                                     ("jitter_range", 1.0, math.inf)):
+                                     ("jitter_range", 1.0, math.inf), ("downscale_range", 0.0, 1.0)):
             value = getattr(self, name)
             try:
                 pair = tuple(float(v) for v in value) if not isinstance(value, str) else ()
@@ -76,12 +81,14 @@ class AugmentConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v < math.inf):
                 raise ConfigError(f"augment {name} must be a number >= 0; got {v!r}")
+        if not (isinstance(self.downscale, (int, float)) and 0.0 <= self.downscale <= 1.0):
+            raise ConfigError(f"augment downscale is a probability in [0, 1]; got {self.downscale!r}")
 
     @property
     def enabled(self) -> bool:
         """False when nothing is random: training can then reuse cached (prefix) features."""
         return (self.hflip or self.crop != "center" or self.brightness > 0 or self.contrast > 0
-                or self.saturation > 0 or self.pca_lighting > 0)
+                or self.saturation > 0 or self.pca_lighting > 0 or self.downscale > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -206,6 +213,10 @@ class TrainTransform:
         if img.mode != "RGB":
             img = img.convert("RGB")
         img = self._crop(img, rng)
+        if cfg.downscale > 0 and rng.random() < cfg.downscale:
+            size = img.size[0]
+            low = max(1, int(round(size * rng.uniform(*cfg.downscale_range))))
+            img = img.resize((low, low), self._resample).resize((size, size), self._resample)
         if cfg.hflip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         arr = np.asarray(img, dtype=np.float32)  # H, W, 3 on 0-255

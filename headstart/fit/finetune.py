@@ -70,7 +70,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
                       "epoch is kept", stacklevel=2)
     callbacks: list[Any] = [CurveLogger(run.path)]
     if ft.ema > 0:
-        callbacks.append(EMA(ft.ema))
+        callbacks.append(EMA(ft.ema, warmup=ft.ema_warmup))
     if val_set is not None:
         callbacks.append(EarlyStopping(ft.patience))
     snapshots = SnapshotEnsemble() if ft.snapshots else None
