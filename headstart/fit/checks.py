@@ -1,17 +1,20 @@
-"""Checks on the images a fit actually uses, shared by both strategies: every class trainable, and no
-test image that is a byte-identical copy of a training image."""
+"""Checks on the images a fit actually uses, shared by both strategies: every class trainable, no test
+image that is a byte-identical copy of a training image, and no class told apart by its images' size."""
 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from headstart.data.folder import Sample
 from headstart.errors import DatasetError
 
-__all__ = ["SPLIT_IDS", "count_duplicates_across_splits", "require_training_images"]
+__all__ = ["SPLIT_IDS", "count_duplicates_across_splits", "require_training_images", "size_cue"]
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # how a split is stored in per-image arrays
 TRAIN, VAL, TEST = SPLIT_IDS["train"], SPLIT_IDS["val"], SPLIT_IDS["test"]
@@ -41,3 +44,44 @@ def count_duplicates_across_splits(hashes: Sequence[str], split: np.ndarray, pat
         warnings.warn(f"{len(dups)} image(s) in test are byte-identical to training images: the test figure is "
                       f"optimistic; e.g. {test} = {train}; remove the copies from one of the splits", stacklevel=3)
     return len(dups)
+
+
+def size_cue(samples: Sequence[Sample], classes: Sequence[str], *, max_images: int = 2000, seed: int = 0,
+             threshold: float = 0.4) -> str | None:
+    """A warning when image size tells the class in the training data, else None.
+
+    Images of one class that all come from one source (a scanner, a website) often share a size, and
+    resizing leaves traces of it (sharpness, interpolation noise) that a network learns instead of the
+    content; new images from elsewhere are then misclassified. Reads the headers of up to ``max_images``
+    training images; warns when the share of the most common size differs by ``threshold`` or more between
+    the whole set and one class (with 10+ sampled images).
+    """
+    rng = np.random.default_rng(seed)
+    picked = [samples[i] for i in sorted(rng.permutation(len(samples))[:max_images])]
+    sizes: list[tuple[tuple[int, int], int]] = []
+    for s in picked:
+        try:
+            with Image.open(s.path) as im:  # the header only: no decoding
+                sizes.append((im.size, s.label))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # reported by the decoder's own check
+    if len(sizes) < 20:
+        return None
+    (w, h), _ = Counter(size for size, _ in sizes).most_common(1)[0]
+    overall = np.mean([size == (w, h) for size, _ in sizes])
+    share = {}
+    for c in range(len(classes)):
+        at = [size == (w, h) for size, y in sizes if y == c]
+        if len(at) >= 10:
+            share[classes[c]] = float(np.mean(at))
+    if not share:
+        return None
+    lo, hi = min(share, key=share.__getitem__), max(share, key=share.__getitem__)
+    if max(overall - share[lo], share[hi] - overall) < threshold:
+        return None
+    message = (f"image size tells the class in the training data: {w}x{h} is {overall:.0%} of the training "
+               f"images but {share[lo]:.0%} of {lo} and {share[hi]:.0%} of {hi}. A model can learn where images "
+               "come from instead of what they show: check that new images come from the same sources, or "
+               "fine-tune with --downscale 0.5")
+    warnings.warn(message, stacklevel=3)
+    return message

@@ -110,7 +110,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                      "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
         "skipped_files": codes.skipped_files(),
-        "duplicates_across_splits": codes.duplicates, "batch_size": batch_size,
+        "duplicates_across_splits": codes.duplicates, "cautions": run.cautions, "batch_size": batch_size,
         "timing": {"probe_s": round(probe_s, 3), "train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
     }
     run.write_json("metrics.json", metrics)

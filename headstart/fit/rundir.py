@@ -11,6 +11,7 @@ import tomli_w
 from headstart.config import FitConfig, to_dict
 from headstart.data import ImageFolder
 from headstart.features.atomic import atomic_write, clean_stale_tmp
+from headstart.fit.checks import size_cue
 
 
 class RunDir:
@@ -19,6 +20,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.cautions: list[str] = []  # findings about the data worth repeating in the report
         self.path.mkdir(parents=True, exist_ok=True)
         clean_stale_tmp(self.path)  # temp files of a writer that was killed
 
@@ -40,10 +42,13 @@ class RunDir:
 
 def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
     """What every strategy does first: the run directory with the resolved config, and the dataset with
-    its splits, recorded as ``splits.json`` so the run can be audited and reproduced."""
+    its splits, recorded as ``splits.json`` so the run can be audited and reproduced. Dataset checks that
+    need no decoding run here too; their findings go to ``run.cautions`` (for metrics.json)."""
     run = RunDir(cfg.out)
     run.write_config(cfg)
     ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
                      seed=cfg.data.seed)
     run.write_json("splits.json", ds.to_dict())
+    if cue := size_cue(ds.splits.get("train", []), ds.classes, seed=cfg.data.seed):
+        run.cautions.append(cue)
     return run, ds

@@ -293,6 +293,29 @@ def test_duplicates_across_splits_are_warned_and_counted(tmp_path: Path) -> None
     assert "byte-identical" not in (tmp_path / "clean" / "summary.txt").read_text()
 
 
+def test_size_that_tells_the_class_is_warned_and_reported(tmp_path: Path) -> None:
+    from headstart.data import ImageFolder
+    from headstart.fit.checks import size_cue
+
+    data = tmp_path / "data"
+    make_class_folder(data, 24)
+    for f in (data / "circle").glob("*.png"):  # the circles come from another source, in another size
+        Image.open(f).resize((48, 48)).save(f)
+    r = _fit(data, tmp_path / "run").assert_ok()
+    cue = [w for w in r.warnings() if "image size tells the class" in w]
+    assert len(cue) == 1 and "--downscale" in cue[0], r.err
+    assert metrics(tmp_path / "run")["cautions"] == [cue[0].removeprefix("warning: ")]
+    assert "caution: image size tells the class" in (tmp_path / "run" / "summary.txt").read_text()
+    # Same sizes in every class, or sizes mixed evenly across classes: nothing to say.
+    even = make_class_folder(tmp_path / "even", 24)
+    assert size_cue(ImageFolder(even).splits["train"], ["circle", "square"]) is None
+    for i, f in enumerate(sorted(even.rglob("*.png"))):
+        if i % 2:
+            Image.open(f).resize((56, 56)).save(f)
+    ds = ImageFolder(even)
+    assert size_cue(ds.splits["train"], ds.classes) is None
+
+
 # -- what the terminal shows -----------------------------------------------------------------------------------
 def test_non_utf8_file_name_is_printed_as_its_bytes(tmp_path: Path, model: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
