@@ -33,17 +33,22 @@ CONFIGS: dict[str, tuple[dict, str]] = {
     "ft_k6": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=6, epochs=EPOCHS, augment=NO_AUG)},
               f"--strategy finetune --freeze 6 --epochs {EPOCHS} --no-augment"),
     "ft_k7_ema_tta": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=7, epochs=EPOCHS, augment=NO_AUG,
-                                                                       ema=0.998, tta="flip")},
-                      f"--strategy finetune --freeze 7 --epochs {EPOCHS} --no-augment --ema 0.998 --tta flip"),
+                                                                       ema=0.998, tta="flip", ema_warmup=False)},
+                      f"--strategy finetune --freeze 7 --epochs {EPOCHS} --no-augment --ema 0.998 --tta flip "
+                      "--no-ema-warmup"),
     "ft_k5_aug": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS)},
                   f"--strategy finetune --freeze 5 --epochs {EPOCHS}"),
     "ft_k5_aug_ema_tta": ({"strategy": "finetune",
-                           "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS, ema=0.998, tta="flip")},
-                          f"--strategy finetune --freeze 5 --epochs {EPOCHS} --ema 0.998 --tta flip"),
+                           "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS, ema=0.998, tta="flip",
+                                                      ema_warmup=False)},
+                          f"--strategy finetune --freeze 5 --epochs {EPOCHS} --ema 0.998 --tta flip --no-ema-warmup"),
     # Deeper fine-tuning for data far from ImageNet: stages 3.. trained, twice the epochs.
+    # (the EMA rows ran before EMA warm-up existed: --no-ema-warmup reproduces them)
     "ft_k3_aug_ema_tta": ({"strategy": "finetune",
-                           "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip")},
-                          f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip"),
+                           "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
+                                                      ema_warmup=False)},
+                          f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
+                          "--no-ema-warmup"),
     "ft_k3_bn_aug_ema_tta": ({"strategy": "finetune",
                               "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
                                                          freeze_bn=False, head_init="random")},
