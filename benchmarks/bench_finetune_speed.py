@@ -15,6 +15,7 @@ measured in the same run, same images. headstart runs with the CLI's defaults (B
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -25,8 +26,9 @@ import torch.nn.functional as F
 from headstart.data import BatchLoader, EvalTransform, ImageFolder
 from headstart.models import create_model
 from headstart.train import ImageSet, OptimConfig, train
-from headstart.train.freeze import freeze_stages, set_train_mode
-from headstart.train.prefix import SuffixModel, prefix_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_suffix_step import child  # noqa: E402  (the one timing of the suffix step)
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -77,23 +79,7 @@ def frozen_mac_share(k: int) -> float:
 def suffix_bound(k: int, batch: int, classes: int) -> float:
     """Images/s of the trainable suffix's step alone (forward, backward, AdamW) on a fixed prefix output:
     the ceiling of any prefix trick, since each epoch must still train the suffix."""
-    model = create_model("efficientnet_lite0", num_classes=classes)
-    fz = freeze_stages(model, k, freeze_bn=True)
-    suffix = SuffixModel(model, fz.k).to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        x = prefix_module(model, k).eval()(torch.randn(batch, 3, 224, 224))
-    x, y = x.contiguous(memory_format=torch.channels_last), torch.arange(batch) % classes
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    set_train_mode(model, fz.k, fz.freeze_bn)
-    best = 0.0
-    for i in range(8):
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(suffix(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        best = max(best, batch / (time.perf_counter() - t0)) if i >= 2 else best
-    return best
+    return 1000.0 / child(k, cl=True, classes=classes, batch=batch)["ms_per_img"]
 
 
 def headstart_rates(paths: list[Path], labels: np.ndarray, k: int, batch: int, cache: bool) -> tuple[float, float]:
@@ -123,8 +109,9 @@ def main() -> None:
         online, _ = headstart_rates(paths, labels, k, args.batch, cache=False)
         cached, setup = headstart_rates(paths, labels, k, args.batch, cache=True)
         bound = suffix_bound(k, args.batch, int(labels.max()) + 1)
-        print(f"| {k} ({stages[0]}..{stages[k - 1]}, {frozen_mac_share(k):.0%} of MACs) | {naive:.1f} | {online:.1f} | {cached:.1f} | "
-              f"{cached / naive:.1f}× | {setup:.1f}s | {bound:.1f} | {bound / naive:.1f}× |", flush=True)
+        mac = frozen_mac_share(k)
+        print(f"| {k} ({stages[0]}..{stages[k - 1]}, {mac:.0%} of MACs) | {naive:.1f} | {online:.1f} | "
+              f"{cached:.1f} | {cached / naive:.1f}× | {setup:.1f}s | {bound:.1f} | {bound / naive:.1f}× |", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ VARIANTS = {
 }
 
 
-def child(k: int, cl: bool = False, bf16: bool = False, compile: bool = False) -> dict[str, float]:
+def child(k: int, cl: bool = False, bf16: bool = False, compile: bool = False, classes: int = 6,
+          batch: int = 32) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
@@ -35,15 +36,15 @@ def child(k: int, cl: bool = False, bf16: bool = False, compile: bool = False) -
     from headstart.train.prefix import SuffixModel, prefix_module
 
     torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", num_classes=6)
+    model = create_model("efficientnet_lite0", num_classes=classes)
     fz = freeze_stages(model, k, freeze_bn=True)
     suffix = SuffixModel(model, fz.k)
     with torch.no_grad():
-        x = prefix_module(model, k).eval()(torch.randn(32, 3, 224, 224))
+        x = prefix_module(model, k).eval()(torch.randn(batch, 3, 224, 224))
     if cl:
         suffix.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.arange(32) % 6
+    y = torch.arange(batch) % classes
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     set_train_mode(model, fz.k, fz.freeze_bn)
     t0 = time.perf_counter()
@@ -65,7 +66,7 @@ def child(k: int, cl: bool = False, bf16: bool = False, compile: bool = False) -
         t = time.perf_counter()
         step()
         best = min(best, time.perf_counter() - t)
-    return {"ms_per_img": best * 1000 / 32, "first_step_s": first}
+    return {"ms_per_img": best * 1000 / batch, "first_step_s": first}
 
 
 def depthwise_table() -> None:

@@ -35,20 +35,13 @@ class EnsemblePredictor(Predictor):
     """``Predictor`` whose probabilities are the mean of its members' (all must share one class list)."""
 
     def __init__(self, members: Sequence[Predictor]) -> None:
-        if not members:
-            raise ConfigError("an ensemble needs at least one model")
+        _require_same_classes([m.labels for m in members])
         first = members[0]
-        for i, m in enumerate(members[1:], start=2):
-            if m.labels != first.labels:
-                raise ConfigError(f"model {i} predicts other classes than model 1 ({_classes(m.labels)} vs "
-                                  f"{_classes(first.labels)}); an ensemble averages runs on the same classes")
         super().__init__(first.module, first.spec, first.labels, first.to_proba, backend=first.backend)
         self.members = list(members)
 
     def predict_proba(self, paths: Sequence[Path], *,
                       batch_size: int = 32) -> tuple[np.ndarray, list[int], list[DecodeFailure]]:
-        if len(self.members) == 1:
-            return self.members[0].predict_proba(paths, batch_size=batch_size)
         outs = [m.predict_proba(paths, batch_size=batch_size) for m in self.members]
         # Decoding is deterministic, so every member skips the same files; intersect anyway to be exact.
         common = sorted(set.intersection(*(set(idx) for _, idx, _ in outs)))
@@ -93,7 +86,7 @@ def evaluate_runs(runs: Sequence[str | Path], *, data: str | Path | None = None,
     samples = ds.splits[split]
     images = ImageSet.from_samples(samples)
     members = [load(r, backend=backend) for r in runs]
-    EnsemblePredictor([m.predictor for m in members])  # the class lists must agree
+    _require_same_classes([m.classes for m in members])
     if members[0].classes != ds.classes:
         raise ConfigError(f"{runs[0]}'s bundle predicts {_classes(members[0].classes)} but its splits.json "
                           f"lists {_classes(ds.classes)}; the run directory is inconsistent")
@@ -125,6 +118,16 @@ def _member_proba(member: LoadedModel, images: ImageSet, tta: str, batch_size: i
     out = np.empty_like(p)
     out[idx] = p
     return out
+
+
+def _require_same_classes(class_lists: Sequence[Sequence[str]]) -> None:
+    if not class_lists:
+        raise ConfigError("an ensemble needs at least one model")
+    first = list(class_lists[0])
+    for i, labels in enumerate(class_lists[1:], start=2):
+        if list(labels) != first:
+            raise ConfigError(f"model {i} predicts other classes than model 1 ({_classes(labels)} vs "
+                              f"{_classes(first)}); an ensemble averages runs on the same classes")
 
 
 def _split_record(run: Path) -> dict[str, Any]:
