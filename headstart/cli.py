@@ -204,6 +204,9 @@ def fit(
     ema_warmup: Annotated[Optional[bool], typer.Option("--ema-warmup/--no-ema-warmup", help="finetune: EMA decay "
                                                        "min(ema, (1+t)/(10+t)) at step t, so the first steps' "
                                                        "weights fade out \\[default: on].")] = None,
+    wise_ft: Annotated[Optional[float], typer.Option(help="finetune: WiSE-FT, final weights ALPHA x fine-tuned + "
+                                                      "(1 - ALPHA) x the LP-FT start, for robustness to a "
+                                                      "distribution shift, e.g. 0.5 \\[default: 1 = off].")] = None,
     patience: Annotated[Optional[int], typer.Option(help="finetune: early-stopping patience \\[default: 5].")] = None,
     snapshots: Annotated[Optional[bool], typer.Option("--snapshots/--no-snapshots", help="finetune: snapshot "
                                                       "ensemble at SGDR cycle ends.")] = None,
@@ -243,7 +246,7 @@ def fit(
     overrides["finetune"] = _given(freeze=freeze, freeze_bn=freeze_bn, head_init=head_init, epochs=epochs,
                                    label_smoothing=label_smoothing, dropout=dropout, drop_path=drop_path, ema=ema,
                                    patience=patience, snapshots=snapshots, tta=tta,
-                                   ema_warmup=ema_warmup)
+                                   ema_warmup=ema_warmup, wise_ft=wise_ft)
     overrides["finetune"]["optim"] = _given(name=optimizer, lr=lr, backbone_lr_mult=backbone_lr_mult,
                                             weight_decay=weight_decay, layer_decay=layer_decay, l1=l1)
     overrides["finetune"]["schedule"] = _given(name=schedule, warmup_epochs=warmup)

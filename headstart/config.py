@@ -70,6 +70,9 @@ class FinetuneConfig:
     ema: float = 0.0  # EMA/Polyak decay of the weights, e.g. 0.999; 0 = off
     ema_warmup: bool = True  # EMA decay min(ema, (1+t)/(10+t)) at step t (TF/timm); off: ema from the first step
     patience: int = 5  # early stopping on validation loss; the best epoch's weights are kept
+    # WiSE-FT: final weights (1 - wise_ft)·start + wise_ft·fine-tuned, start = pretrained + probe head;
+    # 1 = off. 0.5 (the paper's default) trades in-distribution accuracy for robustness to a shift.
+    wise_ft: float = 1.0
     snapshots: bool = False  # snapshot ensemble at the schedule's cycle ends (use schedule.name = "sgdr")
     tta: str = "none"  # none | flip | 10crop | multiscale
     bf16: bool = False
@@ -112,6 +115,11 @@ class FitConfig:
             raise ConfigError(f"finetune.epochs must be >= 1 and finetune.freeze >= 0; got {ft.epochs}, {ft.freeze}")
         if not 0.0 <= ft.ema < 1.0:
             raise ConfigError(f"finetune.ema must be in [0, 1); got {ft.ema}")
+        if not 0.0 <= ft.wise_ft <= 1.0:
+            raise ConfigError(f"finetune.wise_ft must be in [0, 1] (1 = off); got {ft.wise_ft}")
+        if ft.wise_ft < 1.0 and (ft.head_init != "probe" or ft.snapshots):
+            raise ConfigError("finetune.wise_ft averages the fine-tuned weights with the LP-FT start (pretrained "
+                              "backbone + probe head): it needs head_init = probe and no snapshots")
         if not self.data.path:
             raise ConfigError("no dataset: pass DATA (a folder of class subfolders) or set data.path in the config")
         if not self.out:

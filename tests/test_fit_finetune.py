@@ -96,3 +96,43 @@ def test_cli_craft_flags_reach_the_config(data: Path, tmp_path: Path, capsys: py
 
     code, _, err = run_cli(capsys, monkeypatch, *base, "--out", str(tmp_path / "bad"), "--crop", "zoom")
     assert code == 2 and "rrc" in err and "zoom" in err
+
+
+def _bundle_state(run: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(next((run / "bundle").glob("*.safetensors"))))
+
+
+def test_wise_ft_mixes_the_lp_ft_start_and_the_fine_tuned_weights(data: Path, tmp_path: Path) -> None:
+    from headstart.models import create_model
+
+    cache = tmp_path / "cache"
+    runs = {a: tmp_path / f"wise{a}" for a in (0.0, 0.5, 1.0)}
+    metrics = {a: fit(_cfg(data, run, cache, freeze=1, wise_ft=a), progress=False) for a, run in runs.items()}
+    start, mid, tuned = (_bundle_state(runs[a]) for a in (0.0, 0.5, 1.0))
+    pretrained = create_model("tiny_test").state_dict()
+    # alpha 0 is the LP-FT start: the pretrained backbone everywhere (trained stages back where they began)...
+    backbone = [k for k in pretrained if not k.startswith("classifier")]
+    for k in backbone:
+        np.testing.assert_allclose(start[k], pretrained[k].numpy(), rtol=0, atol=1e-6, err_msg=k)
+    # ...and fine-tuning moved some of them, so the mix below is a real test.
+    assert any(not np.allclose(tuned[k], start[k]) for k in backbone if start[k].dtype.kind == "f")
+    for k in tuned:  # alpha 0.5: the midpoint, parameter by parameter (BN counters keep the fine-tuned value)
+        want = (start[k] + tuned[k]) / 2 if tuned[k].dtype.kind == "f" else tuned[k]
+        np.testing.assert_allclose(mid[k], want, rtol=1e-6, atol=1e-6, err_msg=k)
+    m = metrics[0.5]
+    assert m["wise_ft"] == {"alpha": 0.5, "val_accuracy_finetuned": metrics[1.0]["val"]["accuracy"]}
+    assert "WiSE-FT alpha 0.5" in m["val"]["protocol"] and "wise_ft" not in metrics[1.0]
+    from headstart.evaluate.report import summary_text
+
+    assert "WiSE-FT: weights 0.5 fine-tuned" in summary_text(m, runs[0.5])
+
+
+def test_wise_ft_needs_the_probe_start(data: Path, tmp_path: Path) -> None:
+    from headstart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="head_init = probe"):
+        fit(_cfg(data, tmp_path / "r", tmp_path / "cache", wise_ft=0.5, head_init="random"), progress=False)
+    with pytest.raises(ConfigError, match="wise_ft must be in"):
+        fit(_cfg(data, tmp_path / "r", tmp_path / "cache", wise_ft=1.5), progress=False)

@@ -30,6 +30,10 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
     if "training" in metrics:
         tr = metrics["training"]
         lines.append(f"trained {tr['epochs_run']} epochs (best {tr['best_epoch']}; {tr['feed']}); {tr['diagnosis']}")
+    if wise := metrics.get("wise_ft"):
+        lines.append(f"WiSE-FT: weights {wise['alpha']:g} fine-tuned + {1 - wise['alpha']:g} LP-FT start "
+                     f"(val accuracy {metrics['val']['accuracy']:.1%}, fine-tuned alone "
+                     f"{wise['val_accuracy_finetuned']:.1%})")
     if metrics.get("skipped_files"):
         lines.append(f"skipped {len(metrics['skipped_files'])} undecodable file(s): listed in metrics.json")
     t = metrics["timing"]

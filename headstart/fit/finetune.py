@@ -21,6 +21,7 @@ from headstart.fit.linear import SPLIT_IDS, Codes, extract_dataset, make_head, s
 from headstart.fit.rundir import start_run
 from headstart.models import POOLED, Backbone, create_model
 from headstart.train import EMA, CurveLogger, EarlyStopping, ImageSet, SnapshotEnsemble, diagnose, evaluate, train
+from headstart.train.wise import interpolate, snapshot
 
 # What fine-tuning trains with when --batch-size is auto (0): the batch size changes the optimisation
 # itself, so it is never lowered behind the user's back; only inference (the codes) backs off on OOM.
@@ -55,6 +56,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     probe = probe_head(model, codes, cfg, ds.classes) if ft.head_init == "probe" else {}
     if ft.head_init == "random":
         model.reset_classifier(len(ds.classes), seed=cfg.data.seed)
+    start = snapshot(model) if ft.wise_ft < 1.0 else None  # WiSE-FT's other end: the LP-FT start
     probe_s = time.perf_counter() - t0
     batch_size = cfg.engine.batch_size or TRAIN_BATCH_SIZE
 
@@ -85,6 +87,19 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     train_s = time.perf_counter() - t0
     if val_set is None and ft.ema > 0:  # no early stopping restored a best state: keep the averaged weights
         next(c for c in callbacks if isinstance(c, EMA)).copy_to(model)
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
+    val = {"accuracy": best.get("val_acc", float("nan")), "loss": best.get("val_loss", float("nan")),
+           "protocol": f"validation split, best epoch {result.best_epoch}"}
+    wise = {}
+    if start is not None:
+        interpolate(model, start, ft.wise_ft)
+        wise = {"alpha": ft.wise_ft, "val_accuracy_finetuned": val["accuracy"]}
+        if val_set is not None:
+            probs, labels = evaluate(model, val_set, batch_size=batch_size)
+            p_true = probs[np.arange(len(labels)), labels]
+            val = {"accuracy": float((probs.argmax(1) == labels).mean()),
+                   "loss": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
+                   "protocol": f"validation split, WiSE-FT alpha {ft.wise_ft} of best epoch {result.best_epoch}"}
 
     t0 = time.perf_counter()
     model.eval()
@@ -98,13 +113,11 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     from headstart.bundle import save_finetune_bundle
 
     save_finetune_bundle(run.bundle, model=model, classes=ds.classes)
-    best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
     metrics = {
         "strategy": "finetune", "model": cfg.model, "layer": "all", "classes": ds.classes, "seed": cfg.data.seed,
         "freeze": ft.freeze, "head_init": ft.head_init, **({"probe_C": probe["C"]} if probe else {}),
         "counts": {k: len(v) for k, v in splits.items()} | {k: 0 for k in SPLIT_IDS if k not in splits},
-        "val": {"accuracy": best.get("val_acc", float("nan")), "loss": best.get("val_loss", float("nan")),
-                "protocol": f"validation split, best epoch {result.best_epoch}"},
+        "val": val, **({"wise_ft": wise} if wise else {}),
         "test": classification_metrics(labels, probs, ds.classes) | {"tta": ft.tta,
                                                                     "snapshots": len(snapshots.saved) if snapshots else 0},
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
