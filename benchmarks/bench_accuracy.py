@@ -73,6 +73,16 @@ CONFIGS: dict[str, tuple[dict, str]] = {
                                                             ema_warmup=False)},
                                 f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
                                 "--downscale 0.5 --no-ema-warmup"),
+    # The probe's protocol for fine-tuning: the recipe and epoch count chosen on validation (the row above:
+    # best epoch 12 of 12), then trained on all training images (train + val), the last epoch kept.
+    "ft_k3_downscale_ema_tta_all": ({"strategy": "finetune", "val_fraction": 0.0,
+                                     "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
+                                                                augment=AugmentConfig(hflip=True, crop="rrc",
+                                                                                      rrc_scale=(0.35, 1.0),
+                                                                                      downscale=0.5),
+                                                                ema_warmup=False)},
+                                    f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
+                                    "--downscale 0.5 --no-ema-warmup --val-fraction 0"),
 }
 
 
@@ -102,7 +112,8 @@ def main() -> None:
             continue
         changes, flags = CONFIGS[name]
         out = args.out / args.dataset / name
-        cfg = replace(FitConfig(out=str(out), data=DataConfig(path=str(data), seed=args.seed)), **changes)
+        data_cfg = DataConfig(path=str(data), seed=args.seed, **{k: v for k, v in changes.items() if k == "val_fraction"})
+        cfg = replace(FitConfig(out=str(out), data=data_cfg), **{k: v for k, v in changes.items() if k != "val_fraction"})
         t0 = time.perf_counter()
         m = fit(cfg, progress=False)
         rows.append((name, flags, m, time.perf_counter() - t0))
