@@ -127,9 +127,14 @@ def main() -> None:
     for name, flags, m, secs in rows:
         if m["strategy"] == "finetune" and not _config_value(args.out / args.dataset / name, "freeze_bn"):
             flags += " --no-freeze-bn"
-        what = m["layer"] if m["strategy"] == "linear" else f"freeze {m['freeze']}, best epoch " \
-            f"{m['training']['best_epoch']}/{m['training']['epochs_run']}"
-        print(f"| {name} | `{flags}` | {what} | {m['val']['accuracy']:.1%} | {m['test']['accuracy']:.1%} | "
+        if m["strategy"] == "linear":
+            what = m["layer"]
+        else:
+            tr = m["training"]
+            kept = f"best epoch {tr['best_epoch']}" if tr["best_epoch"] else f"last epoch {tr['epochs_run']}"
+            what = f"freeze {m['freeze']}, {kept}/{tr['epochs_run']}"
+        val = f"{m['val']['accuracy']:.1%}" if m["val"]["accuracy"] == m["val"]["accuracy"] else "-"
+        print(f"| {name} | `{flags}` | {what} | {val} | {m['test']['accuracy']:.1%} | "
               f"{m['test']['balanced_accuracy']:.1%} | {secs:.0f}s |")
 
 

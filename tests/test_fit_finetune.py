@@ -136,3 +136,16 @@ def test_wise_ft_needs_the_probe_start(data: Path, tmp_path: Path) -> None:
         fit(_cfg(data, tmp_path / "r", tmp_path / "cache", wise_ft=0.5, head_init="random"), progress=False)
     with pytest.raises(ConfigError, match="wise_ft must be in"):
         fit(_cfg(data, tmp_path / "r", tmp_path / "cache", wise_ft=1.5), progress=False)
+
+
+def test_finetune_without_validation_trains_on_all_and_says_so(data: Path, tmp_path: Path) -> None:
+    from headstart.evaluate.report import summary_text
+
+    cfg = _cfg(data, tmp_path / "run", tmp_path / "cache", ema=0.9, wise_ft=0.5)
+    cfg = replace(cfg, data=replace(cfg.data, val_fraction=0.0))
+    with pytest.warns(UserWarning, match="no validation split"):
+        m = fit(cfg, progress=False)
+    assert m["counts"]["val"] == 0 and m["training"]["best_epoch"] == 0 and m["training"]["epochs_run"] == 2
+    assert "no validation split" in m["val"]["protocol"] and "no validation split" in m["training"]["diagnosis"]
+    text = summary_text(m, tmp_path / "run")
+    assert "validation: none" in text and "last kept" in text and "nan" not in text

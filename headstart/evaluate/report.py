@@ -14,7 +14,8 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
         + (f" · C={metrics['C']:.3g}" if "C" in metrics else ""),
         f"images: train {counts.get('train', 0)}, val {counts.get('val', 0)}, test {counts.get('test', 0)}"
         f" ({len(metrics['classes'])} classes)",
-        f"validation accuracy {metrics['val']['accuracy']:.1%} ({metrics['val'].get('protocol', 'val')}; used for choices)",
+        f"validation accuracy {metrics['val']['accuracy']:.1%} ({metrics['val'].get('protocol', 'val')}; used for choices)"
+        if metrics["val"]["accuracy"] == metrics["val"]["accuracy"] else f"validation: none ({metrics['val']['protocol']})",
         f"TEST accuracy {test['accuracy']:.1%} · balanced {test['balanced_accuracy']:.1%} "
         f"(held out: no choice saw it)",
     ]
@@ -29,11 +30,14 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
         lines.append("layers tried (val acc): " + ", ".join(f"{r['layer']} {r['val_accuracy']:.1%}" for r in ranked))
     if "training" in metrics:
         tr = metrics["training"]
-        lines.append(f"trained {tr['epochs_run']} epochs (best {tr['best_epoch']}; {tr['feed']}); {tr['diagnosis']}")
+        kept = f"best {tr['best_epoch']}" if tr["best_epoch"] else "last kept"
+        lines.append(f"trained {tr['epochs_run']} epochs ({kept}; {tr['feed']}); {tr['diagnosis']}")
     if wise := metrics.get("wise_ft"):
-        lines.append(f"WiSE-FT: weights {wise['alpha']:g} fine-tuned + {1 - wise['alpha']:g} LP-FT start "
-                     f"(val accuracy {metrics['val']['accuracy']:.1%}, fine-tuned alone "
+        line = f"WiSE-FT: weights {wise['alpha']:g} fine-tuned + {1 - wise['alpha']:g} LP-FT start"
+        if wise["val_accuracy_finetuned"] == wise["val_accuracy_finetuned"]:  # not NaN: there is a val split
+            line += (f" (val accuracy {metrics['val']['accuracy']:.1%}, fine-tuned alone "
                      f"{wise['val_accuracy_finetuned']:.1%})")
+        lines.append(line)
     if metrics.get("skipped_files"):
         lines.append(f"skipped {len(metrics['skipped_files'])} undecodable file(s): listed in metrics.json")
     t = metrics["timing"]

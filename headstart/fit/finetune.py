@@ -89,7 +89,8 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
         next(c for c in callbacks if isinstance(c, EMA)).copy_to(model)
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
     val = {"accuracy": best.get("val_acc", float("nan")), "loss": best.get("val_loss", float("nan")),
-           "protocol": f"validation split, best epoch {result.best_epoch}"}
+           "protocol": f"validation split, best epoch {result.best_epoch}" if val_set is not None else
+           "no validation split: the probe's C by cross-validation on train, the last epoch kept"}
     wise = {}
     if start is not None:
         interpolate(model, start, ft.wise_ft)

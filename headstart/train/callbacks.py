@@ -360,6 +360,10 @@ def diagnose(curves: Sequence[dict[str, float]], *, window: int = 3) -> str:
     last = curves[-1]
     ta, va = last.get("train_acc", math.nan), last.get("val_acc", math.nan)
     vl = [c.get("val_loss", math.nan) for c in curves]
+    if not any(math.isfinite(v) for v in vl):
+        tl = [c.get("train_loss", math.nan) for c in curves]
+        return (f"no validation split, so over- or under-fitting cannot be told: train acc {ta:.3f}, train loss "
+                f"{tl[0]:.4f} (epoch {curves[0]['epoch']:g}) to {tl[-1]:.4f}; the last epoch is kept")
     i_min = min(range(len(vl)), key=lambda i: vl[i] if math.isfinite(vl[i]) else math.inf)
     rising = len(vl) - 1 - i_min >= 2 and vl[-1] > vl[i_min] * 1.05
     if rising and ta - va > 0.05:
