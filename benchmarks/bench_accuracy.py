@@ -133,7 +133,8 @@ def main() -> None:
             tr = m["training"]
             kept = f"best epoch {tr['best_epoch']}" if tr["best_epoch"] else f"last epoch {tr['epochs_run']}"
             what = f"freeze {m['freeze']}, {kept}/{tr['epochs_run']}"
-        val = f"{m['val']['accuracy']:.1%}" if m["val"]["accuracy"] == m["val"]["accuracy"] else "-"
+        v = m["val"]["accuracy"]
+        val = f"{v:.1%}" if v is not None and v == v else "-"  # None (or NaN in older runs): no val split
         print(f"| {name} | `{flags}` | {what} | {val} | {m['test']['accuracy']:.1%} | "
               f"{m['test']['balanced_accuracy']:.1%} | {secs:.0f}s |")
 

@@ -34,8 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     cfg: FitConfig = from_dict(FitConfig, load_toml(args.run / "config.toml"))
     ft = cfg.finetune
-    if ft.head_init != "probe" or ft.wise_ft != 1.0:
-        raise SystemExit(f"{args.run}: needs a run with head_init = probe and no --wise-ft")
+    if ft.head_init != "probe" or ft.wise_ft != 1.0 or cfg.data.val_fraction == 0:
+        raise SystemExit(f"{args.run}: needs a run with head_init = probe, a validation split and no --wise-ft")
     ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
                      seed=cfg.data.seed)
     model = create_model(cfg.model, drop_rate=ft.dropout, drop_path_rate=ft.drop_path)

@@ -121,9 +121,28 @@ def test_wise_ft_mixes_the_lp_ft_start_and_the_fine_tuned_weights(data: Path, tm
     for k in tuned:  # alpha 0.5: the midpoint, parameter by parameter (BN counters keep the fine-tuned value)
         want = (start[k] + tuned[k]) / 2 if tuned[k].dtype.kind == "f" else tuned[k]
         np.testing.assert_allclose(mid[k], want, rtol=1e-6, atol=1e-6, err_msg=k)
+    # The val figures are those of the mixed weights, and of the fine-tuned end for comparison.
+    val_files = [data / r for r, split in _split_files(runs[0.5]) if split == "val"]
+    labels = np.array([["a", "b", "c"].index(f.parent.name) for f in val_files])
+
+    def val_acc(run: Path) -> float:
+        return float((load(run, backend="torch").predict_proba(val_files).argmax(1) == labels).mean())
+
     m = metrics[0.5]
-    assert m["wise_ft"] == {"alpha": 0.5, "val_accuracy_finetuned": metrics[1.0]["val"]["accuracy"]}
+    assert m["val"]["accuracy"] == pytest.approx(val_acc(runs[0.5]))
+    assert metrics[0.0]["val"]["accuracy"] == pytest.approx(val_acc(runs[0.0]))
+    assert m["wise_ft"] == {"alpha": 0.5, "val_accuracy_finetuned": pytest.approx(val_acc(runs[1.0]))}
     assert "WiSE-FT alpha 0.5" in m["val"]["protocol"] and "wise_ft" not in metrics[1.0]
+    # A resumed run mixes with the start head stored in the run, not with a probe fitted anew.
+    from safetensors.torch import load_file, save_file
+
+    head_file = runs[0.5] / "wise_start_head.safetensors"
+    save_file({k: v * 0 for k, v in load_file(str(head_file)).items()}, str(head_file))
+    fit(_cfg(data, runs[0.5], cache, freeze=1, wise_ft=0.5), progress=False, resume=True)
+    resumed = _bundle_state(runs[0.5])
+    np.testing.assert_allclose(resumed["classifier.weight"], tuned["classifier.weight"] / 2, rtol=1e-6, atol=1e-6)
+    for k in backbone:  # nothing re-trained: the backbone is the same mix as before
+        np.testing.assert_allclose(resumed[k], mid[k], rtol=1e-6, atol=1e-6, err_msg=k)
     from headstart.evaluate.report import summary_text
 
     assert "WiSE-FT: weights 0.5 fine-tuned" in summary_text(m, runs[0.5])
@@ -146,6 +165,8 @@ def test_finetune_without_validation_trains_on_all_and_says_so(data: Path, tmp_p
     with pytest.warns(UserWarning, match="no validation split"):
         m = fit(cfg, progress=False)
     assert m["counts"]["val"] == 0 and m["training"]["best_epoch"] == 0 and m["training"]["epochs_run"] == 2
+    assert m["val"]["accuracy"] is None and m["wise_ft"] == {"alpha": 0.5}
     assert "no validation split" in m["val"]["protocol"] and "no validation split" in m["training"]["diagnosis"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val"]["accuracy"] is None
     text = summary_text(m, tmp_path / "run")
     assert "validation: none" in text and "last kept" in text and "nan" not in text

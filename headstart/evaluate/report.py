@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _known(x: float | None) -> bool:
+    """A figure that exists: not None (no validation split) and not NaN (metrics.json of older runs)."""
+    return x is not None and x == x
+
+
 def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
     test, counts = metrics["test"], metrics.get("counts", {})
     lines = [
@@ -15,7 +20,7 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
         f"images: train {counts.get('train', 0)}, val {counts.get('val', 0)}, test {counts.get('test', 0)}"
         f" ({len(metrics['classes'])} classes)",
         f"validation accuracy {metrics['val']['accuracy']:.1%} ({metrics['val'].get('protocol', 'val')}; used for choices)"
-        if metrics["val"]["accuracy"] == metrics["val"]["accuracy"] else f"validation: none ({metrics['val']['protocol']})",
+        if _known(metrics["val"]["accuracy"]) else f"validation: none ({metrics['val'].get('protocol', '-')})",
         f"TEST accuracy {test['accuracy']:.1%} · balanced {test['balanced_accuracy']:.1%} "
         f"(held out: no choice saw it)",
     ]
@@ -34,7 +39,7 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
         lines.append(f"trained {tr['epochs_run']} epochs ({kept}; {tr['feed']}); {tr['diagnosis']}")
     if wise := metrics.get("wise_ft"):
         line = f"WiSE-FT: weights {wise['alpha']:g} fine-tuned + {1 - wise['alpha']:g} LP-FT start"
-        if wise["val_accuracy_finetuned"] == wise["val_accuracy_finetuned"]:  # not NaN: there is a val split
+        if _known(wise.get("val_accuracy_finetuned")):
             line += (f" (val accuracy {metrics['val']['accuracy']:.1%}, fine-tuned alone "
                      f"{wise['val_accuracy_finetuned']:.1%})")
         lines.append(line)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from headstart.config import FitConfig
 from headstart.data.augment import PcaLighting, compute_pca_lighting
@@ -21,6 +23,7 @@ from headstart.fit.linear import SPLIT_IDS, Codes, extract_dataset, make_head, s
 from headstart.fit.rundir import start_run
 from headstart.models import POOLED, Backbone, create_model
 from headstart.train import EMA, CurveLogger, EarlyStopping, ImageSet, SnapshotEnsemble, diagnose, evaluate, train
+from headstart.train.checkpoint import save_tensors
 from headstart.train.wise import interpolate, snapshot
 
 # What fine-tuning trains with when --batch-size is auto (0): the batch size changes the optimisation
@@ -42,6 +45,24 @@ def probe_head(model: Backbone, codes: Codes, cfg: FitConfig, classes: list[str]
     return {"C": C}
 
 
+def wise_start(model: Backbone, run_dir: Path, *, resume: bool) -> dict[str, torch.Tensor]:
+    """WiSE-FT's other end: the model as fine-tuning starts (pretrained + new head). The head is stored in
+    the run, and a resumed run mixes with the stored one, even if the probe would now come out otherwise."""
+    start, file = snapshot(model), run_dir / "wise_start_head.safetensors"
+    if resume and file.is_file():
+        start.update(load_file(str(file)))
+    else:
+        save_tensors(file, {k: v for k, v in start.items() if k.startswith("classifier.")})
+    return start
+
+
+def _val_scores(model: Backbone, val_set: ImageSet, batch_size: int) -> dict[str, float]:
+    probs, labels = evaluate(model, val_set, batch_size=batch_size)
+    p_true = probs[np.arange(len(labels)), labels]
+    return {"accuracy": float((probs.argmax(1) == labels).mean()),
+            "loss": float(-np.log(np.clip(p_true, 1e-12, None)).mean())}
+
+
 def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     cfg = cfg.validate()
     ft = cfg.finetune
@@ -56,7 +77,10 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     probe = probe_head(model, codes, cfg, ds.classes) if ft.head_init == "probe" else {}
     if ft.head_init == "random":
         model.reset_classifier(len(ds.classes), seed=cfg.data.seed)
-    start = snapshot(model) if ft.wise_ft < 1.0 else None  # WiSE-FT's other end: the LP-FT start
+    start = wise_start(model, run.path, resume=resume) if ft.wise_ft < 1.0 else None  # the LP-FT start
+    if start is not None and not ft.freeze_bn:
+        warnings.warn("--wise-ft with BatchNorm statistics trained (--no-freeze-bn): the mixed network gets the "
+                      "average of both ends' running statistics, an approximation of its own", stacklevel=2)
     probe_s = time.perf_counter() - t0
     batch_size = cfg.engine.batch_size or TRAIN_BATCH_SIZE
 
@@ -68,8 +92,8 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     train_set = ImageSet.from_samples(splits["train"], ft.augment, pca)
     val_set = ImageSet.from_samples(splits["val"]) if splits.get("val") else None
     if val_set is None:
-        warnings.warn("no validation split (val_fraction = 0 and no val folder): no early stopping, the last "
-                      "epoch is kept", stacklevel=2)
+        warnings.warn("no validation split (val_fraction = 0 and no val folder): no early stopping, the weights "
+                      "at the end of training are kept", stacklevel=2)
     callbacks: list[Any] = [CurveLogger(run.path)]
     if ft.ema > 0:
         callbacks.append(EMA(ft.ema, warmup=ft.ema_warmup))
@@ -88,19 +112,21 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     if val_set is None and ft.ema > 0:  # no early stopping restored a best state: keep the averaged weights
         next(c for c in callbacks if isinstance(c, EMA)).copy_to(model)
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
-    val = {"accuracy": best.get("val_acc", float("nan")), "loss": best.get("val_loss", float("nan")),
-           "protocol": f"validation split, best epoch {result.best_epoch}" if val_set is not None else
-           "no validation split: the probe's C by cross-validation on train, the last epoch kept"}
+    if val_set is not None:
+        val = {"accuracy": best["val_acc"], "loss": best["val_loss"],
+               "protocol": f"validation split, best epoch {result.best_epoch}"}
+    else:  # null in metrics.json, not NaN (which strict JSON readers refuse)
+        val = {"accuracy": None, "loss": None, "protocol": "no validation split: no early stopping, the weights "
+               "at the end of training are kept" + (", the probe's C by cross-validation" if probe else "")}
     wise = {}
     if start is not None:
+        wise = {"alpha": ft.wise_ft}
+        if val_set is not None:  # both ends scored by one pipeline (training's may use a cached fp16 prefix)
+            wise["val_accuracy_finetuned"] = _val_scores(model, val_set, batch_size)["accuracy"]
         interpolate(model, start, ft.wise_ft)
-        wise = {"alpha": ft.wise_ft, "val_accuracy_finetuned": val["accuracy"]}
         if val_set is not None:
-            probs, labels = evaluate(model, val_set, batch_size=batch_size)
-            p_true = probs[np.arange(len(labels)), labels]
-            val = {"accuracy": float((probs.argmax(1) == labels).mean()),
-                   "loss": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
-                   "protocol": f"validation split, WiSE-FT alpha {ft.wise_ft} of best epoch {result.best_epoch}"}
+            val = _val_scores(model, val_set, batch_size) | {
+                "protocol": f"validation split, WiSE-FT alpha {ft.wise_ft} of best epoch {result.best_epoch}"}
 
     t0 = time.perf_counter()
     model.eval()

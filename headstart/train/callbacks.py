@@ -363,7 +363,7 @@ def diagnose(curves: Sequence[dict[str, float]], *, window: int = 3) -> str:
     if not any(math.isfinite(v) for v in vl):
         tl = [c.get("train_loss", math.nan) for c in curves]
         return (f"no validation split, so over- or under-fitting cannot be told: train acc {ta:.3f}, train loss "
-                f"{tl[0]:.4f} (epoch {curves[0]['epoch']:g}) to {tl[-1]:.4f}; the last epoch is kept")
+                f"{tl[0]:.4f} (epoch {curves[0]['epoch']:g}) to {tl[-1]:.4f}")
     i_min = min(range(len(vl)), key=lambda i: vl[i] if math.isfinite(vl[i]) else math.inf)
     rising = len(vl) - 1 - i_min >= 2 and vl[-1] > vl[i_min] * 1.05
     if rising and ta - va > 0.05:
