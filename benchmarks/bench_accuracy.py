@@ -112,8 +112,9 @@ def main() -> None:
             continue
         changes, flags = CONFIGS[name]
         out = args.out / args.dataset / name
-        data_cfg = DataConfig(path=str(data), seed=args.seed, **{k: v for k, v in changes.items() if k == "val_fraction"})
-        cfg = replace(FitConfig(out=str(out), data=data_cfg), **{k: v for k, v in changes.items() if k != "val_fraction"})
+        changes = dict(changes)
+        data_cfg = DataConfig(path=str(data), seed=args.seed, val_fraction=changes.pop("val_fraction", DataConfig.val_fraction))
+        cfg = replace(FitConfig(out=str(out), data=data_cfg), **changes)
         t0 = time.perf_counter()
         m = fit(cfg, progress=False)
         rows.append((name, flags, m, time.perf_counter() - t0))
