@@ -113,7 +113,8 @@ def main() -> None:
         changes, flags = CONFIGS[name]
         out = args.out / args.dataset / name
         changes = dict(changes)
-        data_cfg = DataConfig(path=str(data), seed=args.seed, val_fraction=changes.pop("val_fraction", DataConfig.val_fraction))
+        val_fraction = changes.pop("val_fraction", DataConfig.val_fraction)
+        data_cfg = DataConfig(path=str(data), seed=args.seed, val_fraction=val_fraction)
         cfg = replace(FitConfig(out=str(out), data=data_cfg), **changes)
         t0 = time.perf_counter()
         m = fit(cfg, progress=False)
