@@ -48,11 +48,21 @@ def save_linear_bundle(path: str | Path, *, model: str, weights_id: str, taps: S
 
 def save_finetune_bundle(path: str | Path, *, model: Backbone, classes: Sequence[str]) -> Path:
     """Write a fine-tuned bundle: the whole network's weights (safetensors) + JSON."""
-    meta = {"format": FORMAT, "kind": "finetune", "model": model.name, "weights_id": model.weights_id,
-            "taps": [], "preprocess": model.spec.to_dict(), "classes": list(classes),
-            "num_classes": model.num_classes, "drop_rate": model.drop_rate}
     state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "kind": "finetune", "model": model.name,
+            "weights_id": finetuned_id(model.weights_id, state), "taps": [], "preprocess": model.spec.to_dict(),
+            "classes": list(classes), "num_classes": model.num_classes, "drop_rate": model.drop_rate}
     return _publish(Path(path), WEIGHTS, state, meta)
+
+
+def finetuned_id(base: str, state: dict[str, np.ndarray]) -> str:
+    """The weights id of fine-tuned weights: the pretrained id plus a hash of the weights, so that nothing
+    keyed by weights id (the codes cache) mistakes them for the pretrained ones or for another run's."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(state[name]).tobytes())
+    return f"{base}+finetuned-{h.hexdigest()[:16]}"
 
 
 def _publish(folder: Path, tensors_name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:

@@ -40,6 +40,9 @@ def test_finetune_writes_run_and_loadable_bundle(data: Path, tmp_path: Path) -> 
     probs = model.predict_proba(files)
     labels = np.array([["a", "b", "c"].index(f.parent.name) for f in files])
     assert (probs.argmax(1) == labels).mean() == pytest.approx(m2["test"]["accuracy"])
+    # Its weights id names the fine-tuned weights, not the pretrained ones (the codes cache keys on it).
+    ids = [json.loads((run / "bundle" / "bundle.json").read_text())["weights_id"] for run in (out, tmp_path / "run2")]
+    assert all(i.startswith("tiny-seed0+finetuned-") for i in ids) and ids[0] != ids[1]
 
 
 def _split_files(run: Path) -> list[tuple[str, str]]:

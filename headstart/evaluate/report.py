@@ -20,7 +20,8 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
         f"images: train {counts.get('train', 0)}, val {counts.get('val', 0)}, test {counts.get('test', 0)}"
         f" ({len(metrics['classes'])} classes)",
         f"validation accuracy {metrics['val']['accuracy']:.1%} ({metrics['val'].get('protocol', 'val')}; "
-        "used for choices)" if _known(metrics["val"]["accuracy"]) else f"validation: none ({metrics['val'].get('protocol', '-')})",
+        "used for choices)" if _known(metrics["val"]["accuracy"])
+        else f"validation: none ({metrics['val'].get('protocol', '-')})",
         f"TEST accuracy {test['accuracy']:.1%} · balanced {test['balanced_accuracy']:.1%} "
         f"(held out: no choice saw it)",
     ]
