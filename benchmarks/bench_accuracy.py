@@ -73,17 +73,12 @@ CONFIGS: dict[str, tuple[dict, str]] = {
                                                             ema_warmup=False)},
                                 f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
                                 "--downscale 0.5 --no-ema-warmup"),
-    # The probe's protocol for fine-tuning: the recipe and epoch count chosen on validation (the row above:
-    # best epoch 12 of 12), then trained on all training images (train + val), the last epoch kept.
-    "ft_k3_downscale_ema_tta_all": ({"strategy": "finetune", "val_fraction": 0.0,
-                                     "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
-                                                                augment=AugmentConfig(hflip=True, crop="rrc",
-                                                                                      rrc_scale=(0.35, 1.0),
-                                                                                      downscale=0.5),
-                                                                ema_warmup=False)},
-                                    f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
-                                    "--downscale 0.5 --no-ema-warmup --val-fraction 0"),
 }
+
+# The probe's protocol for fine-tuning: the recipe and epoch count chosen on validation (ft_k3_downscale_ema_tta:
+# best epoch 12 of 12), then trained on all training images (train + val), the last epoch kept.
+_parent, _flags = CONFIGS["ft_k3_downscale_ema_tta"]
+CONFIGS["ft_k3_downscale_ema_tta_all"] = ({**_parent, "val_fraction": 0.0}, _flags + " --val-fraction 0")
 
 
 def _config_value(run: Path, key: str) -> object:

@@ -15,8 +15,8 @@ import hashlib
 from pathlib import Path
 
 from headstart.config import FitConfig, from_dict, load_toml
-from headstart.data import ImageFolder
 from headstart.fit.linear import SPLIT_IDS, extract_dataset, make_head, select
+from headstart.fit.rundir import open_dataset
 from headstart.models import POOLED, create_model
 
 
@@ -25,8 +25,7 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     args = ap.parse_args()
     cfg: FitConfig = from_dict(FitConfig, load_toml(args.run / "config.toml"))
-    ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
-                     seed=cfg.data.seed)
+    ds = open_dataset(cfg)
     codes = extract_dataset(ds, create_model(cfg.model), [POOLED], cfg, progress=False)
     layer, C, _ = select(codes, [(POOLED,)], cfg, ds.classes)
     te = codes.split == SPLIT_IDS["test"]

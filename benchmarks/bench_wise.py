@@ -19,12 +19,13 @@ import torch
 from safetensors.torch import load_file
 
 from headstart.config import FitConfig, from_dict, load_toml
-from headstart.data import ImageFolder
 from headstart.fit.finetune import probe_head
 from headstart.fit.linear import extract_dataset
+from headstart.fit.rundir import open_dataset
 from headstart.models import POOLED, create_model
 from headstart.train import ImageSet, evaluate
-from headstart.train.wise import interpolate, snapshot
+from headstart.train.callbacks import clone_state
+from headstart.train.wise import interpolate
 
 
 def main() -> None:
@@ -36,12 +37,11 @@ def main() -> None:
     ft = cfg.finetune
     if ft.head_init != "probe" or ft.wise_ft != 1.0 or cfg.data.val_fraction == 0:
         raise SystemExit(f"{args.run}: needs a run with head_init = probe, a validation split and no --wise-ft")
-    ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
-                     seed=cfg.data.seed)
+    ds = open_dataset(cfg)
     model = create_model(cfg.model, drop_rate=ft.dropout, drop_path_rate=ft.drop_path)
     codes = extract_dataset(ds, model, [POOLED], cfg, progress=False)
     probe_head(model, codes, cfg, ds.classes)
-    start = snapshot(model)
+    start = clone_state(model)
     tuned = load_file(str(args.run / "bundle" / "weights.safetensors"))
     skipped = {f.path for f in codes.failures}
     sets = {name: ImageSet.from_samples([s for s in ds.splits[name] if s.path not in skipped])

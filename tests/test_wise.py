@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from headstart.train.wise import interpolate, snapshot
+from headstart.train.callbacks import clone_state as snapshot
+from headstart.train.wise import interpolate
 
 
 def _net(seed: int) -> nn.Module:

@@ -23,8 +23,9 @@ from headstart.fit.linear import SPLIT_IDS, Codes, extract_dataset, make_head, s
 from headstart.fit.rundir import start_run
 from headstart.models import POOLED, Backbone, create_model
 from headstart.train import EMA, CurveLogger, EarlyStopping, ImageSet, SnapshotEnsemble, diagnose, evaluate, train
+from headstart.train.callbacks import clone_state
 from headstart.train.checkpoint import save_tensors
-from headstart.train.wise import interpolate, snapshot
+from headstart.train.wise import interpolate
 
 # What fine-tuning trains with when --batch-size is auto (0): the batch size changes the optimisation
 # itself, so it is never lowered behind the user's back; only inference (the codes) backs off on OOM.
@@ -48,7 +49,7 @@ def probe_head(model: Backbone, codes: Codes, cfg: FitConfig, classes: list[str]
 def wise_start(model: Backbone, run_dir: Path, *, resume: bool) -> dict[str, torch.Tensor]:
     """WiSE-FT's other end: the model as fine-tuning starts (pretrained + new head). The head is stored in
     the run, and a resumed run mixes with the stored one, even if the probe would now come out otherwise."""
-    start, file = snapshot(model), run_dir / "wise_start_head.safetensors"
+    start, file = clone_state(model), run_dir / "wise_start_head.safetensors"
     if resume and file.is_file():
         start.update(load_file(str(file)))
     else:
@@ -56,11 +57,10 @@ def wise_start(model: Backbone, run_dir: Path, *, resume: bool) -> dict[str, tor
     return start
 
 
-def _val_scores(model: Backbone, val_set: ImageSet, batch_size: int) -> dict[str, float]:
+def _val_scores(model: Backbone, val_set: ImageSet, classes: list[str], batch_size: int) -> dict[str, Any]:
     probs, labels = evaluate(model, val_set, batch_size=batch_size)
-    p_true = probs[np.arange(len(labels)), labels]
-    return {"accuracy": float((probs.argmax(1) == labels).mean()),
-            "loss": float(-np.log(np.clip(p_true, 1e-12, None)).mean())}
+    m = classification_metrics(labels, probs, classes)
+    return {"accuracy": m["accuracy"], "loss": m["log_loss"]}
 
 
 def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
@@ -122,10 +122,10 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     if start is not None:
         wise = {"alpha": ft.wise_ft}
         if val_set is not None:  # both ends scored by one pipeline (training's may use a cached fp16 prefix)
-            wise["val_accuracy_finetuned"] = _val_scores(model, val_set, batch_size)["accuracy"]
+            wise["val_accuracy_finetuned"] = _val_scores(model, val_set, ds.classes, batch_size)["accuracy"]
         interpolate(model, start, ft.wise_ft)
         if val_set is not None:
-            val = _val_scores(model, val_set, batch_size) | {
+            val = _val_scores(model, val_set, ds.classes, batch_size) | {
                 "protocol": f"validation split, WiSE-FT alpha {ft.wise_ft} of best epoch {result.best_epoch}"}
 
     t0 = time.perf_counter()

@@ -40,14 +40,19 @@ class RunDir:
         return dest
 
 
+def open_dataset(cfg: FitConfig) -> ImageFolder:
+    """The dataset of ``cfg`` with its splits (the same ones for the same config and folder)."""
+    return ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
+                       seed=cfg.data.seed)
+
+
 def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
     """What every strategy does first: the run directory with the resolved config, and the dataset with
     its splits, recorded as ``splits.json`` so the run can be audited and reproduced. Dataset checks that
     need no decoding run here too; their findings go to ``run.cautions`` (for metrics.json)."""
     run = RunDir(cfg.out)
     run.write_config(cfg)
-    ds = ImageFolder(cfg.data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
-                     seed=cfg.data.seed)
+    ds = open_dataset(cfg)
     run.write_json("splits.json", ds.to_dict())
     if cue := size_cue(ds.splits.get("train", []), ds.classes, seed=cfg.data.seed):
         run.cautions.append(cue)

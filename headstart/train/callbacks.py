@@ -68,7 +68,8 @@ class Callback:
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's state (parameters and buffers)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -164,7 +165,7 @@ class EarlyStopping(Callback):
         loss = state.metrics.get("val_loss", math.nan)
         if loss < self.best - self.min_delta:  # NaN compares False: a non-finite epoch is never the best
             self.best, self.best_epoch, self.bad = loss, state.epoch + 1, 0
-            self.best_state = _clone_state(state.model)
+            self.best_state = clone_state(state.model)
         else:
             self.bad += 1
             if self.bad >= self.patience:
@@ -296,7 +297,7 @@ class SnapshotEnsemble(Callback):
 
         if not self.saved:
             raise HeadstartError("no snapshot was saved; train with SnapshotEnsemble through its epochs first")
-        keep, total, labels = _clone_state(model), None, None
+        keep, total, labels = clone_state(model), None, None
         try:
             for path in self.saved:
                 model.load_state_dict(load_file(self._inside(path)))

@@ -18,12 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["interpolate", "snapshot"]
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of the model's state (parameters and buffers), to interpolate from later."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+__all__ = ["interpolate"]
 
 
 @torch.no_grad()
@@ -31,7 +26,8 @@ def interpolate(model: nn.Module, start: dict[str, torch.Tensor], alpha: float) 
     """Set ``model``'s weights to ``(1 - alpha) * start + alpha * model`` in place.
 
     Floating-point tensors are mixed; integer buffers (BatchNorm's ``num_batches_tracked``) keep the
-    fine-tuned value. ``start`` must have the same keys and shapes (the same architecture and head)."""
+    fine-tuned value. ``start`` (e.g. ``clone_state(model)`` taken before training) must have the same keys
+    and shapes (the same architecture and head)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
     state = model.state_dict()
