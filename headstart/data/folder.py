@@ -53,9 +53,11 @@ def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
     Symlinked folders are followed (people link class folders in), but each real directory is
     visited once, so a symlink loop cannot hang the scan. A link back up to a folder containing
     ``top`` (``cat/loop -> ..``) is skipped, and so is, when ``root`` (the dataset) is given, a link
-    to elsewhere inside ``root``: following them would label other classes' images as ``top``'s.
+    (to a folder or to an image file) to elsewhere inside ``root``: following it would label other
+    classes' images as ``top``'s, or leak test images into train.
     """
     found: list[Path] = []
+    elsewhere: list[Path] = []  # file links into another class or split
     seen: set[str] = set()
     top_real = os.path.realpath(top)
     root_real = os.path.realpath(root) if root is not None else None
@@ -78,7 +80,20 @@ def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
                 continue
             keep.append(d)
         dirnames[:] = keep
-        found.extend(Path(dirpath, f) for f in filenames if is_image_file(Path(f)))
+        for f in filenames:
+            if not is_image_file(Path(f)):
+                continue
+            path = Path(dirpath, f)
+            if root_real is not None and path.is_symlink():
+                target = os.path.realpath(path)
+                if _within(target, root_real) and not _within(target, top_real):
+                    elsewhere.append(path)
+                    continue
+            found.append(path)
+    if elsewhere:
+        warnings.warn(f"{len(elsewhere)} image(s) in {top} are symlinks to another part of the dataset, e.g. "
+                      f"{elsewhere[0]} -> {os.path.realpath(elsewhere[0])}; not read, so that no image is counted "
+                      "twice or under the wrong label", stacklevel=4)
     return sorted(found)
 
 

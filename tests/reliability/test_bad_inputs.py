@@ -347,3 +347,17 @@ def test_file_names_with_brackets_are_printed_verbatim(tmp_path: Path, model: Pa
     r = run("predict", d, "--model", model, "-k", "1", "--backend", "torch").assert_ok()
     assert f"{d}/[bold]cat.png" in r.out
     assert f"{d}/[red]broken.png" in r.err
+
+
+def test_image_symlinks_into_another_class_are_not_read(tmp_path: Path) -> None:
+    """``circle/x.png -> ../square/y.png`` would give a square the circle label as well."""
+    data = make_class_folder(tmp_path / "data", 8)
+    for i in range(2):
+        os.symlink(data / "square" / f"square_00{i}.png", data / "circle" / f"linked{i}.png")
+    os.symlink(data / "circle" / "circle_000.png", data / "circle" / "same_class_link.png")  # harmless: kept
+    r = _fit(data, tmp_path / "run").assert_ok()
+    assert any("2 image(s)" in w and "symlinks to another part of the dataset" in w for w in r.warnings()), r.err
+    _assert_labels_follow_real_folders(tmp_path / "run", data)
+    rec = json.loads((tmp_path / "run" / "splits.json").read_text())
+    paths = [p for s in rec["splits"].values() for p in s["paths"]]
+    assert len(paths) == 17 and not any("linked" in p for p in paths)
