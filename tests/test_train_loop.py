@@ -283,3 +283,25 @@ def test_big_prefix_cache_is_a_memmap_reused_on_resume(data, tmp_path: Path) -> 
     np.testing.assert_array_equal(np.asarray(again.features), np.asarray(first.features))
     x, y = next(again.batches(np.arange(len(tr))[::-1], 4))
     assert x.shape == (4, 16, 8, 8) and y.tolist() == tr.labels[::-1][:4].tolist()
+
+
+def test_curves_are_strict_json_without_a_val_split(tmp_path: Path) -> None:
+    """No val split (or a diverged loss) is written as null, not NaN, which jq / JS / pandas' strict readers refuse."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = LoopState(model=model, optimizer=opt, scheduler=None, epochs=2, run_dir=tmp_path)
+    logger = CurveLogger()
+    logger.on_train_begin(state)
+    for epoch, train_loss in enumerate((0.5, math.inf)):
+        state.epoch, state.metrics = epoch, {"lr": 0.1, "train_loss": train_loss, "train_acc": 0.5, "seconds": 1.0}
+        logger.on_epoch_end(state)
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not strict JSON: {token}")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "curves.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in rows] == [None, None] and rows[1]["train_loss"] is None
+    assert rows[0]["train_loss"] == 0.5
+    back = logger.read()  # read back as NaN, so the plot and the diagnosis see "no value"
+    assert math.isnan(back[0]["val_acc"]) and math.isnan(back[1]["train_loss"])
+    assert "<polyline" in (tmp_path / "curves.svg").read_text()

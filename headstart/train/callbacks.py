@@ -188,6 +188,13 @@ class EarlyStopping(Callback):
 CURVE_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 
 
+def _json_line(row: dict[str, float]) -> str:
+    """Strict JSON (``null`` for a value that is missing or not finite: no val split, a diverged loss), so
+    that jq, pandas and browsers read the file too; :meth:`CurveLogger.read` turns ``null`` back into NaN."""
+    return json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()},
+                      allow_nan=False) + "\n"
+
+
 class CurveLogger(Callback):
     """One JSON line per epoch in ``DIR/curves.jsonl`` (``DIR`` = ``path`` or the run dir), plus ``curves.svg``.
 
@@ -203,7 +210,7 @@ class CurveLogger(Callback):
             raise ValueError("CurveLogger needs a directory: pass path= or give train() a run_dir")
         self.dir.mkdir(parents=True, exist_ok=True)
         rows = [r for r in self.read() if r["epoch"] <= state.epoch]
-        atomic_write(self.dir / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        atomic_write(self.dir / "curves.jsonl", "".join(_json_line(r) for r in rows).encode())
 
     def read(self) -> list[dict[str, float]]:
         """The logged rows; a line cut short by a kill mid-append is dropped (its epoch is then redone)."""
@@ -216,7 +223,7 @@ class CurveLogger(Callback):
             except ValueError:
                 continue
             if isinstance(row, dict) and isinstance(row.get("epoch"), (int, float)):
-                rows.append(row)
+                rows.append({k: math.nan if v is None else v for k, v in row.items()})
         return rows
 
     def on_epoch_end(self, state: LoopState) -> None:
@@ -224,7 +231,7 @@ class CurveLogger(Callback):
         row = {k: state.metrics.get(k, math.nan) for k in CURVE_KEYS}
         row["epoch"] = state.epoch + 1
         with open(self.dir / "curves.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(_json_line(row))
         write_curves_svg(self.read(), self.dir / "curves.svg")
 
 
