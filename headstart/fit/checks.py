@@ -82,6 +82,6 @@ def size_cue(samples: Sequence[Sample], classes: Sequence[str], *, max_images: i
     message = (f"image size tells the class in the training data: {w}x{h} is {overall:.0%} of the training "
                f"images but {share[lo]:.0%} of {lo} and {share[hi]:.0%} of {hi}. A model can learn where images "
                "come from instead of what they show: check that new images come from the same sources, or "
-               "fine-tune with --downscale 0.5")
+               "fine-tune with augmentation that hides the source: --downscale 0.8 --color-jitter 0.3")
     warnings.warn(message, stacklevel=3)
     return message
