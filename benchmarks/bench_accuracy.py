@@ -83,9 +83,9 @@ CONFIGS["ft_k3_downscale_ema_tta_all"] = ({**_parent, "val_fraction": 0.0}, _fla
 # EMA warm-up on. Designed from the shortcut analysis, not chosen on validation (which does not see the shift).
 CONFIGS["ft_k3_robust_ema_tta_all"] = (
     {"strategy": "finetune", "val_fraction": 0.0,
-     "finetune": FinetuneConfig(freeze=3, epochs=16, ema=0.999, tta="flip",
-                                augment=AugmentConfig(hflip=True, crop="rrc", rrc_scale=(0.35, 1.0), downscale=0.8,
-                                                      brightness=0.3, contrast=0.3, saturation=0.3))},
+     "finetune": FinetuneConfig(freeze=3, epochs=16, ema=0.999, tta="flip",  # the default augmentation, plus:
+                                augment=replace(FinetuneConfig().augment, downscale=0.8,
+                                                brightness=0.3, contrast=0.3, saturation=0.3))},
     "--strategy finetune --freeze 3 --epochs 16 --ema 0.999 --tta flip --downscale 0.8 --color-jitter 0.3 "
     "--val-fraction 0")
 

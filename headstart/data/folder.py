@@ -61,6 +61,10 @@ def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
     seen: set[str] = set()
     top_real = os.path.realpath(top)
     root_real = os.path.realpath(root) if root is not None else None
+
+    def elsewhere_in_root(target: str) -> bool:  # another class's or split's folder or file
+        return root_real is not None and _within(target, root_real) and not _within(target, top_real)
+
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -73,7 +77,7 @@ def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
             if target in seen:  # a loop back to a folder already scanned: harmless, nothing to follow
                 continue
             loop = _within(top_real, target)
-            if loop or (root_real is not None and _within(target, root_real) and not _within(target, top_real)):
+            if loop or elsewhere_in_root(target):
                 what = "a folder containing it (a loop)" if loop else "another part of the dataset"
                 warnings.warn(f"{Path(dirpath, d)}: symlink to {what}, {target}; not followed, so that no image "
                               f"is counted twice or under the wrong label", stacklevel=4)
@@ -84,12 +88,10 @@ def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
             if not is_image_file(Path(f)):
                 continue
             path = Path(dirpath, f)
-            if root_real is not None and path.is_symlink():
-                target = os.path.realpath(path)
-                if _within(target, root_real) and not _within(target, top_real):
-                    elsewhere.append(path)
-                    continue
-            found.append(path)
+            if root_real is not None and path.is_symlink() and elsewhere_in_root(os.path.realpath(path)):
+                elsewhere.append(path)
+            else:
+                found.append(path)
     if elsewhere:
         warnings.warn(f"{len(elsewhere)} image(s) in {top} are symlinks to another part of the dataset, e.g. "
                       f"{elsewhere[0]} -> {os.path.realpath(elsewhere[0])}; not read, so that no image is counted "
