@@ -6,7 +6,7 @@
 One training step (forward, backward, AdamW) of lite0's stages K.. + head on a fixed batch of prefix
 outputs (batch 32, 224 input), BatchNorm statistics fixed as `headstart fit` does by default; milliseconds
 per image, best of 6 steps after 2 warm-up steps. Each variant runs in its own process, because bf16 needs
-ONEDNN_MAX_CPU_ISA set before torch loads (AMX faults on this VM; `cpu_bf16_works` probes that).
+ONEDNN_MAX_CPU_ISA set before torch loads (AMX faults on this VM).
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 from headstart.config import FitConfig, from_dict, load_toml
+from headstart.fit.codes import extract_dataset
 from headstart.fit.finetune import probe_head
-from headstart.fit.linear import extract_dataset
 from headstart.fit.rundir import open_dataset
 from headstart.models import POOLED, create_model
 from headstart.train import ImageSet, evaluate
-from headstart.train.callbacks import clone_state
+from headstart.train.checkpoint import clone_state
 from headstart.train.wise import interpolate
 
 

@@ -1,10 +1,11 @@
 """Trained model bundles: safetensors + JSON, never pickle.
 
 A bundle is a folder (``RUN_DIR/bundle``) with ``bundle.json`` (format, backbone name and weights id,
-taps, preprocessing, class names, head kind, SHA-256 of the tensors file) and ``head.safetensors`` (the
-head's arrays) or ``weights.safetensors`` (a fine-tuned network). File names are fixed, so nothing in a
-bundle can point outside it; any other key of ``bundle.json`` is ignored, and a tensors file that is a
-symlink to outside the folder is refused.
+taps, preprocessing, class names, head kind, SHA-256 of the tensors files) and ``head.safetensors`` (the
+head's arrays) or ``weights.safetensors`` (a fine-tuned network). A snapshot ensemble adds its other members
+as ``snapshots/epoch-NNN.safetensors`` (listed under ``snapshots``); ``load`` then averages the members'
+softmax. File names are fixed or must match that pattern, so nothing in a bundle can point outside it; any
+other key of ``bundle.json`` is ignored, and a tensors file that is a symlink to outside the folder is refused.
 
 >>> model = load("runs/flowers")  # doctest: +SKIP
 >>> model.predict(["rose.jpg"]).predictions[0].top[0]  # doctest: +SKIP
@@ -16,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from safetensors.numpy import load_file, save
 
 from headstart.engine.codes import CodesModule
 from headstart.errors import BundleError, HeadstartError, name_file
-from headstart.features.atomic import clean_stale_tmp, tmp_path_for
+from headstart.io import atomic_write, clean_stale_tmp, tmp_path_for
 from headstart.features.cache import hash_file
 from headstart.heads.params import LinearParams
 from headstart.models import Backbone, PreprocessSpec, create_model
@@ -36,6 +38,8 @@ from headstart.predict import Predictor, PredictResult
 
 FORMAT = "headstart.bundle/1"
 META, HEAD, WEIGHTS = "bundle.json", "head.safetensors", "weights.safetensors"
+SNAPSHOTS = "snapshots"
+_SNAPSHOT_NAME = re.compile(r"snapshots/epoch-\d{3,}\.safetensors")
 
 
 def save_linear_bundle(path: str | Path, *, model: str, weights_id: str, taps: Sequence[str], spec: PreprocessSpec,
@@ -46,13 +50,39 @@ def save_linear_bundle(path: str | Path, *, model: str, weights_id: str, taps: S
     return _publish(Path(path), HEAD, head.arrays(), meta)
 
 
-def save_finetune_bundle(path: str | Path, *, model: Backbone, classes: Sequence[str]) -> Path:
-    """Write a fine-tuned bundle: the whole network's weights (safetensors) + JSON."""
-    state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "kind": "finetune", "model": model.name,
-            "weights_id": finetuned_id(model.weights_id, state), "taps": [], "preprocess": model.spec.to_dict(),
-            "classes": list(classes), "num_classes": model.num_classes, "drop_rate": model.drop_rate}
-    return _publish(Path(path), WEIGHTS, state, meta)
+def save_finetune_bundle(path: str | Path, *, model: Backbone, classes: Sequence[str],
+                         snapshots: Mapping[int, Mapping[str, Any]] | None = None) -> Path:
+    """Write a fine-tuned bundle: the whole network's weights (safetensors) + JSON.
+
+    ``snapshots`` (epoch → state dict) are further members of a snapshot ensemble, stored beside the weights;
+    ``load`` then predicts with the mean softmax of ``model`` and them.
+    """
+    folder = Path(path)
+    state = _numpy_state(model.state_dict())
+    meta: dict[str, Any] = {
+        "format": FORMAT, "kind": "finetune", "model": model.name,
+        "weights_id": finetuned_id(model.weights_id, state), "taps": [], "preprocess": model.spec.to_dict(),
+        "classes": list(classes), "num_classes": model.num_classes, "drop_rate": model.drop_rate}
+    names, sums = [], {}
+    for epoch, member in sorted((snapshots or {}).items()):
+        # Written (atomically) before bundle.json, which is the commit: it only ever names complete files.
+        name = f"{SNAPSHOTS}/epoch-{int(epoch):03d}.safetensors"
+        data = save(_numpy_state(member))
+        (folder / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / name, data)
+        names.append(name)
+        sums[name] = hashlib.sha256(data).hexdigest()
+    if names:
+        meta |= {"snapshots": names, "sha256": sums}
+    _publish(folder, WEIGHTS, state, meta)
+    for old in (folder / SNAPSHOTS).glob("*.safetensors"):  # members of an earlier bundle in this folder
+        if f"{SNAPSHOTS}/{old.name}" not in names:
+            old.unlink(missing_ok=True)
+    return folder
+
+
+def _numpy_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()}
 
 
 def finetuned_id(base: str, state: dict[str, np.ndarray]) -> str:
@@ -80,7 +110,7 @@ def _publish(folder: Path, tensors_name: str, arrays: dict[str, np.ndarray], met
         data = save(arrays)
         tmp_t.write_bytes(data)
         _fsync(tmp_t)
-        meta = {**meta, "sha256": {tensors_name: hashlib.sha256(data).hexdigest()}}
+        meta = {**meta, "sha256": {**meta.get("sha256", {}), tensors_name: hashlib.sha256(data).hexdigest()}}
         tmp_m.write_text(json.dumps(meta, indent=2), encoding="utf-8")
         _fsync(tmp_m)
         os.replace(tmp_t, folder / tensors_name)
@@ -133,7 +163,27 @@ def _load_arrays(folder: Path, name: str, meta: dict[str, Any]) -> dict[str, np.
         raise BundleError(f"{file} is not a valid safetensors file ({e}); refusing to load it") from None
 
 
-def _load_finetune(meta: dict[str, Any], arrays: dict[str, np.ndarray], backend: str) -> LoadedModel:
+def _load_finetune(folder: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], backend: str) -> LoadedModel:
+    names = meta.get("snapshots") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and _SNAPSHOT_NAME.fullmatch(n) for n in names):
+        raise BundleError(f"{folder / META} lists snapshots {names!r}, not snapshots/epoch-NNN.safetensors files "
+                          "of the bundle; refusing them: re-run `headstart fit`")
+    members = [_finetuned_predictor(meta, arrays, str(meta["weights_id"]), backend)]
+    base = str(meta["weights_id"]).split("+finetuned-")[0]
+    for name in names:  # each member its own weights id: nothing keyed by it may mistake one for another
+        member = _load_arrays(folder, name, meta)
+        members.append(_finetuned_predictor(meta, member, finetuned_id(base, member), backend))
+    if len(members) == 1:
+        predictor = members[0]
+    else:
+        from headstart.ensemble import EnsemblePredictor  # here: headstart.ensemble imports this module
+
+        predictor = EnsemblePredictor(members)
+    return LoadedModel(list(meta["classes"]), meta["model"], [], meta, predictor)
+
+
+def _finetuned_predictor(meta: dict[str, Any], arrays: dict[str, np.ndarray], weights_id: str,
+                         backend: str) -> Predictor:
     import torch
 
     model = create_model(meta["model"], pretrained=False, num_classes=int(meta["num_classes"]),
@@ -142,10 +192,9 @@ def _load_finetune(meta: dict[str, Any], arrays: dict[str, np.ndarray], backend:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True)
     except RuntimeError as e:
         raise BundleError(f"weights do not fit {meta['model']} ({str(e).splitlines()[0]}); the bundle is damaged") from None
-    model.weights_id = str(meta["weights_id"])
+    model.weights_id = weights_id
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    predictor = Predictor(model.eval(), spec, meta["classes"], lambda outs: softmax(outs[0], axis=1), backend=backend)
-    return LoadedModel(list(meta["classes"]), meta["model"], [], meta, predictor)
+    return Predictor(model.eval(), spec, meta["classes"], lambda outs: softmax(outs[0], axis=1), backend=backend)
 
 
 def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
@@ -176,7 +225,7 @@ def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
 def _load(folder: Path, meta: dict[str, Any], kind: str, backend: str) -> LoadedModel:
     arrays = _load_arrays(folder, HEAD if kind == "linear" else WEIGHTS, meta)
     if kind == "finetune":
-        return _load_finetune(meta, arrays, backend)
+        return _load_finetune(folder, meta, arrays, backend)
     backbone = create_model(meta["model"], pretrained=True)
     if backbone.weights_id != meta["weights_id"]:
         raise BundleError(f"bundle was trained on weights {meta['weights_id']} but {backbone.weights_id} are "

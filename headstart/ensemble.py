@@ -28,7 +28,7 @@ from headstart.predict import Predictor
 from headstart.train.prefix import ImageSet
 from headstart.train.tta import TTA_MODES, evaluate
 
-__all__ = ["EnsemblePredictor", "evaluate_runs", "load_ensemble"]
+__all__ = ["EnsemblePredictor", "evaluate_runs", "load_ensemble", "run_proba"]
 
 
 class EnsemblePredictor(Predictor):
@@ -60,17 +60,18 @@ def load_ensemble(runs: Sequence[str | Path], *, backend: str = "auto") -> Ensem
 
 
 def evaluate_runs(runs: Sequence[str | Path], *, data: str | Path | None = None, split: str = "test",
-                  tta: str = "none", batch_size: int = 32, backend: str = "auto") -> dict[str, Any]:
+                  tta: str | None = None, batch_size: int = 32, backend: str = "auto") -> dict[str, Any]:
     """Metrics of every run and of their ensemble on ``split`` of the first run's recorded splits.
 
     ``data`` is the dataset folder when it has moved since the first run. ``tta`` (flip, 10crop, multiscale)
-    applies to fine-tuned runs only. The split is the one recorded in the first run's ``splits.json``; a run
+    applies to fine-tuned runs only; None: each run's own (the one its metrics.json reports), so that a run's
+    test figure is reproduced. The split is the one recorded in the first run's ``splits.json``; a run
     whose record holds other files for that split gets a warning (its figure may then include images it
     was trained on).
     """
     if not runs:
         raise ConfigError("name at least one run directory")
-    if tta not in TTA_MODES:
+    if tta is not None and tta not in TTA_MODES:
         raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
     records = [_split_record(Path(r)) for r in runs]
     try:
@@ -91,27 +92,46 @@ def evaluate_runs(runs: Sequence[str | Path], *, data: str | Path | None = None,
         raise ConfigError(f"{runs[0]}'s bundle predicts {_classes(members[0].classes)} but its splits.json "
                           f"lists {_classes(ds.classes)}; the run directory is inconsistent")
     per_run, probs = [], []
-    for run, member in zip(runs, members):
-        p = _member_proba(member, images, tta, batch_size)
+    ttas = [tta if tta is not None else _own_tta(Path(r)) for r in runs]
+    for run, member, mode in zip(runs, members, ttas):
+        p = run_proba(member, images, tta=mode, batch_size=batch_size)
         probs.append(p)
-        per_run.append({"run": str(run), "kind": member.meta["kind"]} |
+        per_run.append({"run": str(run), "kind": member.meta["kind"], "tta": mode} |
                        classification_metrics(images.labels, p, ds.classes))
     ensemble = classification_metrics(images.labels, np.mean(probs, axis=0), ds.classes)
-    return {"split": split, "n": len(samples), "tta": tta, "classes": ds.classes, "runs": per_run,
+    tta_used = ttas[0] if len(set(ttas)) == 1 else "per run"
+    return {"split": split, "n": len(samples), "tta": tta_used, "classes": ds.classes, "runs": per_run,
             "ensemble": ensemble}
 
 
-def _member_proba(member: LoadedModel, images: ImageSet, tta: str, batch_size: int) -> np.ndarray:
-    """(N, C) probabilities of every image, or an error naming the first that cannot be decoded."""
+def _own_tta(run: Path) -> str:
+    """The TTA a run's reported test figure used ("none" for linear runs and runs without metrics.json)."""
+    try:
+        mode = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["test"].get("tta", "none")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "none"
+    return mode if mode in TTA_MODES else "none"
+
+
+def run_proba(member: LoadedModel, images: ImageSet, *, tta: str = "none", batch_size: int = 32) -> np.ndarray:
+    """(N, C) probabilities of every image by a loaded bundle, or an error naming the first that cannot be
+    decoded. ``fit`` computes its test figure through here too, so ``evaluate`` reproduces it exactly."""
+    if tta != "none" and member.meta["kind"] != "finetune":
+        raise ConfigError(f"--tta {tta} needs fine-tuned runs; {member.model} + linear head is a linear run "
+                          "(evaluate it with --tta none)")
+    return _predictor_proba(member.predictor, images, tta, batch_size)
+
+
+def _predictor_proba(predictor: Predictor, images: ImageSet, tta: str, batch_size: int) -> np.ndarray:
     if tta != "none":
-        if member.meta["kind"] != "finetune":
-            raise ConfigError(f"--tta {tta} needs fine-tuned runs; {member.model} + linear head is a linear run "
-                              "(evaluate it with --tta none)")
-        probs, _ = evaluate(member.predictor.module, images, tta=tta, batch_size=batch_size, spec=member.predictor.spec)
+        if isinstance(predictor, EnsemblePredictor):  # a snapshot ensemble: the mean over its members' views
+            members = [_predictor_proba(m, images, tta, batch_size) for m in predictor.members]
+            return np.mean(members, axis=0).astype(np.float32)
+        probs, _ = evaluate(predictor.module, images, tta=tta, batch_size=batch_size, spec=predictor.spec)
         if len(probs) != len(images):
             raise HeadstartError(f"{len(images) - len(probs)} image(s) of the split can no longer be decoded")
         return probs
-    p, idx, failures = member.predictor.predict_proba(images.paths, batch_size=batch_size)
+    p, idx, failures = predictor.predict_proba(images.paths, batch_size=batch_size)
     if failures:
         raise HeadstartError(f"cannot decode {failures[0].path} ({failures[0].reason}); it was readable when the "
                              "run was made")

@@ -46,6 +46,10 @@ class NonFiniteError(HeadstartError):
     """NaN or infinite numbers where finite ones are required (CNN codes, predictions)."""
 
 
+class TrainingDiverged(HeadstartError):
+    """The training loss became NaN or infinite (or exploded)."""
+
+
 def name_file(e: OSError, path: object) -> OSError:
     """``e`` naming ``path`` when the OS named no file (``write``/``fsync`` errors such as ENOSPC do not),
     so that the one-line error says *where* the disk was full."""

@@ -174,7 +174,7 @@ def test_leftover_temp_files_of_dead_writers_are_cleaned(tmp_path: Path, tiny: B
 
 
 def _host_tag(d: Path) -> str:
-    from headstart.features.atomic import tmp_path_for
+    from headstart.io import tmp_path_for
 
     return tmp_path_for(d / "x").name.split("-")[2]
 

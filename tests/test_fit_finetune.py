@@ -12,6 +12,7 @@ from conftest import make_class_folder
 from headstart.bundle import load
 from headstart.config import DataConfig, EngineConfig, FinetuneConfig, FitConfig
 from headstart.fit import fit
+from headstart.train import ScheduleConfig
 
 
 @pytest.fixture
@@ -156,7 +157,7 @@ def test_wise_ft_needs_the_probe_start(data: Path, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="head_init = probe"):
         fit(_cfg(data, tmp_path / "r", tmp_path / "cache", wise_ft=0.5, head_init="random"), progress=False)
-    with pytest.raises(ConfigError, match="wise_ft must be in"):
+    with pytest.raises(ConfigError, match=r"finetune.wise_ft must be >= 0 and <= 1; got 1.5"):
         fit(_cfg(data, tmp_path / "r", tmp_path / "cache", wise_ft=1.5), progress=False)
 
 
@@ -173,3 +174,32 @@ def test_finetune_without_validation_trains_on_all_and_says_so(data: Path, tmp_p
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val"]["accuracy"] is None
     text = summary_text(m, tmp_path / "run")
     assert "validation: none" in text and "last kept" in text and "nan" not in text
+
+
+@pytest.mark.parametrize("options", [
+    pytest.param(dict(snapshots=True, schedule=ScheduleConfig(name="sgdr", t0=1), epochs=3, ema=0.9, tta="flip"),
+                 id="snapshots+ema+flip"),
+    # No cycle ends before training stops (as when early stopping comes first): one member, a plain model.
+    pytest.param(dict(snapshots=True, schedule=ScheduleConfig(name="sgdr", t0=5), epochs=2), id="snapshots-none"),
+    pytest.param(dict(wise_ft=0.5, ema=0.9, tta="multiscale"), id="wise+ema+multiscale"),
+    pytest.param(dict(tta="10crop", patience=1, epochs=3), id="10crop+early-stopping"),
+])
+def test_evaluate_reproduces_the_reported_test_figure(data: Path, tmp_path: Path, options: dict[str, object]) -> None:
+    """`headstart evaluate RUN` gives metrics.json's test figure: same bundle, same members, same TTA."""
+    from headstart.ensemble import evaluate_runs
+
+    run = tmp_path / "run"
+    m = fit(_cfg(data, run, tmp_path / "cache", **options), progress=False)
+    assert m == json.loads((run / "metrics.json").read_text()) | {"timing": m["timing"]}
+    meta = json.loads((run / "bundle" / "bundle.json").read_text())
+    if options.get("snapshots"):
+        ends = [e for e in (1, 2, 3) if e <= m["training"]["epochs_run"]] if options["epochs"] == 3 else []
+        assert m["test"]["snapshots"] == max(1, len(ends)) == 1 + len(meta.get("snapshots", []))
+    else:
+        assert m["test"]["snapshots"] == 0 and "snapshots" not in meta
+    result = evaluate_runs([run], backend="torch")  # tta: the run's own
+    got = result["runs"][0]
+    assert result["tta"] == got["tta"] == m["test"]["tta"] == options.get("tta", "none")
+    assert got["n"] == m["test"]["n"] and got["accuracy"] == m["test"]["accuracy"]
+    assert got["log_loss"] == pytest.approx(m["test"]["log_loss"], rel=1e-6, abs=1e-9)
+    assert got["confusion_matrix"] == m["test"]["confusion_matrix"]

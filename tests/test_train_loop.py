@@ -1,4 +1,5 @@
-"""The fine-tuning loop on the tiny backbone: freezing, prefix caching, exact resume after SIGKILL, callbacks."""
+"""The fine-tuning loop on the tiny backbone: freezing, prefix caching, exact resume after SIGKILL, EMA, early
+stopping, divergence checks, curves."""
 
 from __future__ import annotations
 
@@ -9,31 +10,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from conftest import make_class_folder
 
 from headstart.data import EvalTransform, ImageFolder
 from headstart.data.augment import AugmentConfig
-from headstart.errors import ConfigError
+from headstart.evaluate.curves import append_curve, diagnose, read_curves, reset_curves
 from headstart.models import create_model
-from headstart.train import (
-    EMA,
-    Callback,
-    CurveLogger,
-    EarlyStopping,
-    ImageSet,
-    LoopState,
-    OptimConfig,
-    ScheduleConfig,
-    TrainingDiverged,
-    diagnose,
-    load_checkpoint,
-    train,
-)
+from headstart.train import EMA, ImageSet, OptimConfig, ScheduleConfig, TrainingDiverged, load_checkpoint, train
 from headstart.train.prefix import PrefixFeatureSet, PrefixRunner, prefix_module
 
 
@@ -107,24 +98,21 @@ _CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_train_loop import run_for_resume
-from headstart.train import Callback
-class Slow(Callback):  # stateless: the resumed run does without it
-    def on_epoch_end(self, state):
-        time.sleep(0.4)
-run_for_resume({root!r}, {run!r}, resume=False, extra=[Slow()])
+# A slow epoch end, so that the kill lands mid-run; stateless, so the resumed run does without it.
+run_for_resume({root!r}, {run!r}, resume=False, on_epoch_end=lambda row: time.sleep(0.4))
 """
 
 
-def run_for_resume(root: str, run_dir: str, *, resume: bool, extra: list[Callback] = ()) -> torch.nn.Module:
+def run_for_resume(root: str, run_dir: str, *, resume: bool,
+                   on_epoch_end: Callable[[dict], None] | None = None) -> torch.nn.Module:
     """The run the SIGKILL test repeats: augmentation, dropout, EMA, curves, early stopping — all stateful."""
     folder = ImageFolder(root, test_fraction=0.0, val_fraction=0.3)
     tr = ImageSet.from_samples(folder.splits["train"], augment=AugmentConfig(brightness=0.2))
     va = ImageSet.from_samples(folder.splits["val"])
     model = _model(0.3)
-    cbs = [EMA(0.8), CurveLogger(), EarlyStopping(patience=100), *extra]
-    train(model, tr, va, epochs=5, freeze=1, seed=7, run_dir=run_dir, resume=resume, callbacks=cbs,
+    train(model, tr, va, epochs=5, freeze=1, seed=7, run_dir=run_dir, resume=resume, ema=0.8, patience=100,
           optim_cfg=OptimConfig(name="adamw", lr=3e-3), sched_cfg=ScheduleConfig(name="cosine", warmup_epochs=1),
-          **FAST)
+          on_epoch_end=on_epoch_end, **FAST)
     return model
 
 
@@ -155,38 +143,50 @@ def test_resume_after_sigkill_matches_uninterrupted(data, tmp_path: Path) -> Non
     assert (killed / "curves.svg").read_text().startswith("<svg")
 
 
-class Corrupt(Callback):
-    """From epoch ``start`` on, wreck the classifier after every step: validation loss then gets worse."""
+@contextmanager
+def corrupt(model: torch.nn.Module, start: int, value: float | None = None) -> Iterator[Callable[[dict], None]]:
+    """From 0-based epoch ``start`` on, wreck the classifier after every optimiser step (validation loss then
+    gets worse); yields the ``on_epoch_end`` that counts the epochs."""
+    done = [0]
 
-    def __init__(self, start: int, value: float | None = None) -> None:
-        self.start, self.value = start, value
-
-    def on_step_end(self, state: LoopState, loss: float) -> None:
-        if state.epoch >= self.start:
+    def after_step(*_: object) -> None:
+        if done[0] >= start:
             with torch.no_grad():
-                w = state.model.classifier.weight
-                w.fill_(self.value) if self.value is not None else w.add_(torch.randn_like(w) * 20)
+                w = model.classifier.weight
+                w.fill_(value) if value is not None else w.add_(torch.randn_like(w) * 20)
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        yield lambda row: done.__setitem__(0, row["epoch"])
+    finally:
+        handle.remove()
 
 
 def test_early_stopping_restores_best_weights(data, tmp_path: Path) -> None:
     _, tr, va = data
     model = _model()
-    res = train(model, tr, va, epochs=10, freeze=2, run_dir=tmp_path, callbacks=[EarlyStopping(2), Corrupt(2)],
-                optim_cfg=OptimConfig(lr=1e-2), sched_cfg=ScheduleConfig(name="constant"), **FAST)
+    kw = dict(freeze=2, optim_cfg=OptimConfig(lr=1e-2), sched_cfg=ScheduleConfig(name="constant"), **FAST)
+    with corrupt(model, 2) as count_epochs:
+        res = train(model, tr, va, epochs=10, run_dir=tmp_path, patience=2, on_epoch_end=count_epochs, **kw)
     assert res.stop_reason.startswith("early stopping") and len(res.history) == 2 + 2
     losses = [h["val_loss"] for h in res.history]
-    assert res.best_epoch == 1 + int(np.argmin(losses)) <= 2
-    best = load_checkpoint(tmp_path / "checkpoints", "best")
-    assert best.epoch == res.best_epoch
-    for k, v in best.model.items():
+    assert res.best_epoch == res.kept_epoch == 1 + int(np.argmin(losses)) <= 2
+    ck = load_checkpoint(tmp_path / "checkpoints")
+    assert ck.best_epoch == res.best_epoch and ck.epoch == 4
+    # The weights after exactly best_epoch epochs (same seed and batches; nothing corrupted yet), trained anew.
+    best = _model()
+    train(best, tr, va, epochs=res.best_epoch, **kw)
+    for k, v in best.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+        assert torch.equal(ck.best_state[k], v), k
 
 
 def test_nan_loss_stops_with_message_and_last_checkpoint_is_usable(data, tmp_path: Path) -> None:
     _, tr, va = data
     model = _model()
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2 step \d+; lower the learning rate"):
-        train(model, tr, va, epochs=4, freeze=1, run_dir=tmp_path, callbacks=[Corrupt(1, math.nan)], **FAST)
+        with corrupt(model, 1, math.nan) as count_epochs:
+            train(model, tr, va, epochs=4, freeze=1, run_dir=tmp_path, on_epoch_end=count_epochs, **FAST)
     ck = load_checkpoint(tmp_path / "checkpoints")
     assert ck.epoch == 1 and all(torch.isfinite(v.float()).all() for v in ck.model.values())
     fresh = create_model("tiny_test", num_classes=3)
@@ -257,16 +257,6 @@ def test_diagnose_three_cases() -> None:
     assert under.startswith("under-fitting") and "0.600" in under and "0.590" in under
 
 
-def test_bf16_trains_or_says_why(data) -> None:
-    _, tr, va = data
-    try:
-        res = train(_model(), tr, va, epochs=1, freeze=2, bf16=True, **FAST)
-    except ConfigError as e:  # CPUs advertising AMX that the VM does not enable: SIGILL in a probe, not here
-        assert "ONEDNN_MAX_CPU_ISA" in str(e)
-        return
-    assert math.isfinite(res.history[0]["train_loss"])
-
-
 def test_big_prefix_cache_is_a_memmap_reused_on_resume(data, tmp_path: Path) -> None:
     _, tr, _ = data
     model = _model()
@@ -287,14 +277,10 @@ def test_big_prefix_cache_is_a_memmap_reused_on_resume(data, tmp_path: Path) -> 
 
 def test_curves_are_strict_json_without_a_val_split(tmp_path: Path) -> None:
     """No val split (or a diverged loss) is written as null, not NaN, which jq / JS / pandas' strict readers refuse."""
-    model = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    state = LoopState(model=model, optimizer=opt, scheduler=None, epochs=2, run_dir=tmp_path)
-    logger = CurveLogger()
-    logger.on_train_begin(state)
+    reset_curves(tmp_path, 0)
     for epoch, train_loss in enumerate((0.5, math.inf)):
-        state.epoch, state.metrics = epoch, {"lr": 0.1, "train_loss": train_loss, "train_acc": 0.5, "seconds": 1.0}
-        logger.on_epoch_end(state)
+        append_curve(tmp_path, {"epoch": epoch + 1, "lr": 0.1, "train_loss": train_loss, "train_acc": 0.5,
+                                "seconds": 1.0})
 
     def refuse(token: str) -> None:
         raise ValueError(f"not strict JSON: {token}")
@@ -302,6 +288,6 @@ def test_curves_are_strict_json_without_a_val_split(tmp_path: Path) -> None:
     rows = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "curves.jsonl").read_text().splitlines()]
     assert [r["val_loss"] for r in rows] == [None, None] and rows[1]["train_loss"] is None
     assert rows[0]["train_loss"] == 0.5
-    back = logger.read()  # read back as NaN, so the plot and the diagnosis see "no value"
+    back = read_curves(tmp_path)  # read back as NaN, so the plot and the diagnosis see "no value"
     assert math.isnan(back[0]["val_acc"]) and math.isnan(back[1]["train_loss"])
     assert "<polyline" in (tmp_path / "curves.svg").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,11 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from headstart.bundle import load, save_finetune_bundle
+from headstart.ensemble import run_proba
 from headstart.models import create_model
 from headstart.models.spec import PreprocessSpec
-from headstart.train import ImageSet, SnapshotEnsemble, TTAViews, evaluate
-from headstart.train.checkpoint import save_tensors
+from headstart.train import ImageSet, TTAViews, evaluate
 
 SPEC = PreprocessSpec(input_size=16, crop_pct=0.8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # resize 20
 
@@ -83,17 +85,26 @@ def test_tta_averages_softmax_over_the_documented_views(images: list[Path], mode
 
 
 def test_snapshot_ensemble_averages_snapshots(images: list[Path], tmp_path: Path) -> None:
+    """A bundle with snapshots predicts (with or without TTA) the mean softmax of its members."""
     torch.manual_seed(0)
     model = create_model("tiny_test", num_classes=3)
     data = ImageSet(images, [0, 1, 2])
-    ens, singles = SnapshotEnsemble(path=tmp_path), []
-    for i in range(2):
+    states, singles = {}, {"flip": [], "none": []}
+    for epoch in (1, 2):
         with torch.no_grad():
             model.classifier.weight.normal_(std=0.5)
-        save_tensors(tmp_path / f"epoch-{i}.safetensors", model.state_dict())
-        ens.saved.append(str(tmp_path / f"epoch-{i}.safetensors"))
-        singles.append(evaluate(model, data, tta="flip")[0])
-    live = model.classifier.weight.detach().clone()
-    probs, _ = ens.predict(model, data, tta="flip")
-    np.testing.assert_allclose(probs, (singles[0] + singles[1]) / 2, atol=1e-6)
-    assert torch.equal(model.classifier.weight, live)  # the model's own weights are kept
+        states[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        for mode in singles:
+            singles[mode].append(evaluate(model, data, tta=mode)[0])
+    save_finetune_bundle(tmp_path / "bundle", model=model, classes=["a", "b", "c"], snapshots={1: states[1]})
+    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["snapshots"] == [
+        "snapshots/epoch-001.safetensors"]
+    loaded = load(tmp_path / "bundle", backend="torch")
+    np.testing.assert_allclose(run_proba(loaded, data, tta="flip"), (singles["flip"][0] + singles["flip"][1]) / 2,
+                               atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(images), (singles["none"][0] + singles["none"][1]) / 2, atol=1e-6)
+    # A bundle saved again without snapshots is a plain model, and the old member file is gone.
+    save_finetune_bundle(tmp_path / "bundle", model=model, classes=["a", "b", "c"])
+    assert not list((tmp_path / "bundle" / "snapshots").glob("*"))
+    np.testing.assert_allclose(load(tmp_path / "bundle", backend="torch").predict_proba(images), singles["none"][1],
+                               atol=1e-6)

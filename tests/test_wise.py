@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from headstart.train.callbacks import clone_state as snapshot
+from headstart.train.checkpoint import clone_state as snapshot
 from headstart.train.wise import interpolate
 
 

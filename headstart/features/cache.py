@@ -26,7 +26,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save as _st_save
 
-from headstart.features.atomic import atomic_write, clean_stale_tmp
+from headstart.io import atomic_write, clean_stale_tmp
 from headstart.models.base import Backbone
 
 __all__ = ["CODES_VERSION", "CacheWriter", "FeatureCache", "default_cache_dir", "extractor_id", "extractor_meta",

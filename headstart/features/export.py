@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import HeadstartError
-from headstart.features.atomic import atomic_write, tmp_path_for
+from headstart.io import atomic_write, tmp_path_for
 from headstart.features.cache import CODES_VERSION
 from headstart.features.extract import ExtractResult
 from headstart.models.base import Backbone

@@ -29,7 +29,7 @@ from headstart.engine import Engine, make_engine
 from headstart.engine.base import AUTO_BATCH_START, AutoBatchEngine
 from headstart.engine.codes import CodesModule
 from headstart.errors import ConfigError, HeadstartError, NonFiniteError
-from headstart.features.atomic import clean_stale_tmp, tmp_path_for
+from headstart.io import clean_stale_tmp, tmp_path_for
 from headstart.features.cache import (
     CacheWriter,
     FeatureCache,

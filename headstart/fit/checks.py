@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from headstart.data.folder import Sample
-from headstart.errors import DatasetError
+from headstart.errors import ConfigError, DatasetError
 
-__all__ = ["SPLIT_IDS", "count_duplicates_across_splits", "require_training_images", "size_cue"]
+__all__ = ["SPLIT_IDS", "check_cv_folds", "count_duplicates_across_splits", "require_training_images", "size_cue"]
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # how a split is stored in per-image arrays
 TRAIN, VAL, TEST = SPLIT_IDS["train"], SPLIT_IDS["val"], SPLIT_IDS["test"]
@@ -27,6 +27,17 @@ def require_training_images(classes: Sequence[str], labels: np.ndarray, split: n
     if empty := [classes[c] for c in np.flatnonzero(counts == 0)]:
         raise DatasetError(f"class(es) {', '.join(empty)} have no decodable training image (their files were "
                            "skipped: see the warnings above); replace those files, or remove the class folder")
+
+
+def check_cv_folds(labels: np.ndarray, classes: Sequence[str], folds: int) -> None:
+    """Stratified k-fold cross-validation needs every class in every fold: at least ``folds`` training images
+    per class. Checked on the listed files before any is read, and again on the decoded ones."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    if counts.min() < folds:
+        c = int(counts.argmin())
+        raise ConfigError(f"class {classes[c]!r} has only {counts[c]} training images, fewer than the {folds} "
+                          f"cross-validation folds (linear.cv_folds); use --cv-folds {max(2, counts[c])} or "
+                          "fewer, or --val-fraction 0.15")
 
 
 def count_duplicates_across_splits(hashes: Sequence[str], split: np.ndarray, paths: Sequence[Path]) -> int:

@@ -16,14 +16,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from headstart.bundle import load, save_finetune_bundle
 from headstart.config import FitConfig
 from headstart.data.augment import PcaLighting, compute_pca_lighting
+from headstart.ensemble import run_proba
+from headstart.evaluate.curves import diagnose
 from headstart.evaluate.metrics import classification_metrics
-from headstart.fit.linear import SPLIT_IDS, Codes, extract_dataset, make_head, select
+from headstart.heads.params import LinearParams
+from headstart.fit.codes import SPLIT_IDS, Codes, extract_dataset
+from headstart.fit.linear import make_head, select
 from headstart.fit.rundir import start_run
 from headstart.models import POOLED, Backbone, create_model
-from headstart.train import EMA, CurveLogger, EarlyStopping, ImageSet, SnapshotEnsemble, diagnose, evaluate, train
-from headstart.train.callbacks import clone_state
+from headstart.train import ImageSet, TrainResult, clone_state, cycle_ends, evaluate, train
 from headstart.train.checkpoint import save_tensors
 from headstart.train.wise import interpolate
 
@@ -40,9 +44,10 @@ def probe_head(model: Backbone, codes: Codes, cfg: FitConfig, classes: list[str]
     fit_mask = codes.split == SPLIT_IDS["train"]
     head = make_head(lin_cfg)(C).fit(codes.X((POOLED,), fit_mask), codes.labels[fit_mask])
     model.reset_classifier(len(classes), seed=cfg.data.seed)
+    weight, bias = LinearParams(np.asarray(head.coef_), np.asarray(head.intercept_)).softmax_layer()
     with torch.no_grad():
-        model.classifier.weight.copy_(torch.as_tensor(np.asarray(head.coef_), dtype=torch.float32))
-        model.classifier.bias.copy_(torch.as_tensor(np.asarray(head.intercept_), dtype=torch.float32))
+        model.classifier.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        model.classifier.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
     return {"C": C}
 
 
@@ -63,7 +68,28 @@ def _val_scores(model: Backbone, val_set: ImageSet, classes: list[str], batch_si
     return {"accuracy": m["accuracy"], "loss": m["log_loss"]}
 
 
+def _snapshot_members(model: Backbone, result: TrainResult, start: dict[str, torch.Tensor] | None,
+                      alpha: float) -> dict[int, dict[str, torch.Tensor]]:
+    """The snapshot ensemble's members besides ``model`` (which holds the kept weights, a member too): the
+    weights saved at the cycle ends, except the kept epoch's own, WiSE-FT-mixed like ``model``."""
+    keep, members = clone_state(model), {}
+    try:
+        for path in result.snapshots:
+            epoch = int(path.stem.removeprefix("epoch-"))
+            if epoch == result.kept_epoch:  # the very weights ``model`` holds
+                continue
+            model.load_state_dict(load_file(str(path)))
+            if start is not None:
+                interpolate(model, start, alpha)
+            members[epoch] = clone_state(model)
+    finally:
+        model.load_state_dict(keep)
+    return members
+
+
 def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Run the whole fine-tuning strategy; writes RUN_DIR (curves, checkpoints, bundle, metrics.json) and
+    returns the metrics dict. Its test figure is computed from the saved bundle, as `headstart evaluate` does."""
     cfg = cfg.validate()
     ft = cfg.finetune
     run, ds = start_run(cfg)
@@ -94,23 +120,17 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
     if val_set is None:
         warnings.warn("no validation split (val_fraction = 0 and no val folder): no early stopping, the weights "
                       "at the end of training are kept", stacklevel=2)
-    callbacks: list[Any] = [CurveLogger(run.path)]
-    if ft.ema > 0:
-        callbacks.append(EMA(ft.ema, warmup=ft.ema_warmup))
-    if val_set is not None:
-        callbacks.append(EarlyStopping(ft.patience))
-    snapshots = SnapshotEnsemble() if ft.snapshots else None
-    if snapshots is not None:
-        callbacks.append(snapshots)
 
     t0 = time.perf_counter()
+    # Early stopping (with a val split) leaves the best epoch's weights in ``model``, else the last epoch's;
+    # with EMA, the averaged ones.
     result = train(model, train_set, val_set, optim_cfg=ft.optim, sched_cfg=ft.schedule, epochs=ft.epochs,
-                   freeze=ft.freeze, freeze_bn=ft.freeze_bn, label_smoothing=ft.label_smoothing, callbacks=callbacks,
+                   freeze=ft.freeze, freeze_bn=ft.freeze_bn, label_smoothing=ft.label_smoothing, ema=ft.ema,
+                   ema_warmup=ft.ema_warmup, patience=ft.patience,
+                   snapshot_epochs=cycle_ends(ft.schedule, ft.epochs) if ft.snapshots else (),
                    seed=cfg.data.seed, run_dir=run.path, resume=resume, batch_size=batch_size,
-                   backend=cfg.engine.backend, bf16=ft.bf16)
+                   backend=cfg.engine.backend)
     train_s = time.perf_counter() - t0
-    if val_set is None and ft.ema > 0:  # no early stopping restored a best state: keep the averaged weights
-        next(c for c in callbacks if isinstance(c, EMA)).copy_to(model)
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
     if val_set is not None:
         val = {"accuracy": best["val_acc"], "loss": best["val_loss"],
@@ -128,25 +148,22 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
             val = _val_scores(model, val_set, ds.classes, batch_size) | {
                 "protocol": f"validation split, WiSE-FT alpha {ft.wise_ft} of best epoch {result.best_epoch}"}
 
+    members = _snapshot_members(model, result, start, ft.wise_ft) if ft.snapshots else {}
+    save_finetune_bundle(run.bundle, model=model, classes=ds.classes, snapshots=members)
+
     t0 = time.perf_counter()
-    model.eval()
+    # Through the saved bundle, on the path `headstart evaluate RUN` takes: it reproduces this figure exactly.
     test_set = ImageSet.from_samples(splits["test"])
-    if snapshots is not None:
-        probs, labels = snapshots.predict(model, test_set, tta=ft.tta, batch_size=batch_size)
-    else:
-        probs, labels = evaluate(model, test_set, tta=ft.tta, batch_size=batch_size)
+    bundle = load(run.bundle, backend=cfg.engine.backend)
+    probs, labels = run_proba(bundle, test_set, tta=ft.tta, batch_size=batch_size), test_set.labels
     eval_s = time.perf_counter() - t0
-
-    from headstart.bundle import save_finetune_bundle
-
-    save_finetune_bundle(run.bundle, model=model, classes=ds.classes)
     metrics = {
         "strategy": "finetune", "model": cfg.model, "layer": "all", "classes": ds.classes, "seed": cfg.data.seed,
         "freeze": ft.freeze, "head_init": ft.head_init, **({"probe_C": probe["C"]} if probe else {}),
         "counts": {k: len(v) for k, v in splits.items()} | {k: 0 for k in SPLIT_IDS if k not in splits},
         "val": val, **({"wise_ft": wise} if wise else {}),
-        "test": classification_metrics(labels, probs, ds.classes) | {"tta": ft.tta,
-                                                                    "snapshots": len(snapshots.saved) if snapshots else 0},
+        "test": classification_metrics(labels, probs, ds.classes) | {
+            "tta": ft.tta, "snapshots": 1 + len(members) if ft.snapshots else 0},
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                      "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
         "skipped_files": codes.skipped_files(),

@@ -7,55 +7,18 @@ the final head is refit on train+val. The test split is only ever used for the r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headstart.config import FitConfig
-from headstart.data import ImageFolder
-from headstart.errors import ConfigError
 from headstart.evaluate.metrics import classification_metrics
-from headstart.features import FeatureCache, default_cache_dir, extract_codes
-from headstart.fit.checks import SPLIT_IDS, count_duplicates_across_splits, require_training_images
+from headstart.fit.checks import check_cv_folds
+from headstart.fit.codes import SPLIT_IDS, Codes, extract_dataset
 from headstart.fit.layers import Layer, layer_name, parse_layer
 from headstart.fit.rundir import start_run
 from headstart.heads import LinearSVM, SoftmaxRegression, cross_val_sweep, sweep_C
-from headstart.heads.params import LinearParams
-from headstart.models import Backbone, create_model
-
-
-@dataclass
-class Codes:
-    """CNN codes of every decodable image with its label and split."""
-
-    by_tap: dict[str, np.ndarray]
-    labels: np.ndarray
-    split: np.ndarray  # SPLIT_IDS values
-    failures: list[Any] = field(default_factory=list)
-    duplicates: int = 0  # test images byte-identical to a train/val image (warned about at extraction)
-    batch_size: int = 0  # what extraction ran with (the one chosen when engine.batch_size is 0, auto)
-
-    def X(self, layer: Layer, mask: np.ndarray) -> np.ndarray:
-        return np.hstack([self.by_tap[t][mask] for t in layer]).astype(np.float32, copy=False)
-
-    def skipped_files(self) -> list[dict[str, str]]:
-        """The undecodable files, as metrics.json lists them."""
-        return [{"path": str(f.path), "reason": f.reason} for f in self.failures]
-
-
-def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: FitConfig, *,
-                    progress: bool = True) -> Codes:
-    samples = [(s, SPLIT_IDS[name]) for name, items in ds.splits.items() for s in items]
-    cache = FeatureCache(Path(cfg.engine.cache_dir) if cfg.engine.cache_dir else default_cache_dir())
-    res = extract_codes([s.path for s, _ in samples], backbone, taps, cache=cache, backend=cfg.engine.backend,
-                        batch_size=cfg.engine.batch_size, progress=progress)
-    labels = np.array([s.label for s, _ in samples])[res.index]
-    split = np.array([k for _, k in samples])[res.index]
-    require_training_images(ds.classes, labels, split)
-    duplicates = count_duplicates_across_splits(res.hashes, split, res.paths)
-    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size)
+from headstart.models import create_model
 
 
 def make_head(cfg: FitConfig):  # noqa: ANN201
@@ -72,7 +35,7 @@ def select(codes: Codes, candidates: list[Layer], cfg: FitConfig, classes: list[
     Cs = [cfg.linear.C] if cfg.linear.C > 0 else None
     tr, va = codes.split == SPLIT_IDS["train"], codes.split == SPLIT_IDS["val"]
     if not va.any():
-        _check_folds(codes.labels[tr], classes, cfg.linear.cv_folds)
+        check_cv_folds(codes.labels[tr], classes, cfg.linear.cv_folds)
     table = []
     for layer in candidates:
         if va.any():
@@ -90,22 +53,6 @@ def select(codes: Codes, candidates: list[Layer], cfg: FitConfig, classes: list[
 
     best = max(range(len(candidates)), key=rank)
     return candidates[best], table[best]["C"], table
-
-
-def _check_folds(labels: np.ndarray, classes: list[str], folds: int) -> None:
-    counts = np.bincount(labels, minlength=len(classes))
-    if folds < 2:
-        raise ConfigError(f"linear.cv_folds must be >= 2; got {folds}")
-    if counts.min() < folds:
-        c = int(counts.argmin())
-        raise ConfigError(f"class {classes[c]!r} has only {counts[c]} training images, fewer than the {folds} "
-                          f"cross-validation folds; use --cv-folds {max(2, counts[c])} or fewer, or --val-fraction 0.15")
-
-
-def to_params(head: Any) -> LinearParams:
-    if isinstance(head, LinearSVM):
-        return head.to_params()
-    return LinearParams(np.asarray(head.coef_), np.asarray(head.intercept_), "softmax")
 
 
 def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -127,7 +74,7 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     fit_s = time.perf_counter() - t0
 
     te = codes.split == SPLIT_IDS["test"]
-    params = to_params(head)
+    params = head.to_params()
     test_metrics = classification_metrics(codes.labels[te], params.predict_proba(codes.X(layer, te)), ds.classes)
     from headstart.bundle import save_linear_bundle
 

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 
 from headstart.config import FitConfig, to_dict
 from headstart.data import ImageFolder
-from headstart.features.atomic import atomic_write, clean_stale_tmp
-from headstart.fit.checks import size_cue
+from headstart.io import atomic_write, clean_stale_tmp
+from headstart.fit.checks import check_cv_folds, size_cue
 
 
 class RunDir:
@@ -49,10 +50,15 @@ def open_dataset(cfg: FitConfig) -> ImageFolder:
 def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
     """What every strategy does first: the run directory with the resolved config, and the dataset with
     its splits, recorded as ``splits.json`` so the run can be audited and reproduced. Dataset checks that
-    need no decoding run here too; their findings go to ``run.cautions`` (for metrics.json)."""
+    need no decoding run here too; their findings go to ``run.cautions`` (for metrics.json). A dataset that
+    cannot be used (missing, a class with too few images for the folds) is refused before RUN_DIR is made."""
+    ds = open_dataset(cfg)
+    uses_cv = cfg.strategy == "linear" or cfg.finetune.head_init == "probe"
+    if uses_cv and not ds.splits.get("val"):  # C (and the layer) chosen by cross-validation on train
+        train = ds.splits.get("train", [])
+        check_cv_folds(np.array([s.label for s in train], dtype=np.int64), ds.classes, cfg.linear.cv_folds)
     run = RunDir(cfg.out)
     run.write_config(cfg)
-    ds = open_dataset(cfg)
     run.write_json("splits.json", ds.to_dict())
     if cue := size_cue(ds.splits.get("train", []), ds.classes, seed=cfg.data.seed):
         run.cautions.append(cue)

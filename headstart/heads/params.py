@@ -48,6 +48,24 @@ class LinearParams:
             out |= {"calib_a": self.calib_a, "calib_b": self.calib_b}
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
+    def softmax_layer(self) -> tuple[np.ndarray, np.ndarray]:
+        """Weights (K×D) and bias (K) of a softmax layer with the same probabilities, for K >= 2 classes.
+
+        A binary logistic head has one row ``w`` (the positive class's logit); the softmax of the rows
+        ``-w/2`` and ``+w/2`` is exactly ``sigmoid(w·x + b)``. Copying the one row into both rows instead
+        would give 0.5 for every image.
+
+        >>> W, b = LinearParams(np.array([[2.0, -4.0]]), np.array([1.0])).softmax_layer()
+        >>> W.tolist(), b.tolist()
+        ([[-1.0, 2.0], [1.0, -2.0]], [-0.5, 0.5])
+        """
+        if self.proba != "softmax":
+            raise ValueError(f"a {self.proba} head has no softmax layer with the same probabilities")
+        coef, intercept = np.asarray(self.coef, np.float64), np.asarray(self.intercept, np.float64)
+        if coef.shape[0] == 1:
+            return np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+        return coef, intercept
+
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], proba: str) -> LinearParams:
         if proba not in PROBA_KINDS:

@@ -2,16 +2,15 @@
 
 Layout of ``DIR`` (``RUN_DIR/checkpoints``)::
 
-    last/tensors-eNNNN.safetensors   model, optimizer moments, EMA/best weights... under key prefixes
+    last/tensors-eNNNN.safetensors   model, optimizer moments, EMA shadow, best weights... under key prefixes
     last/state.json                  epoch, step, scheduler, optimizer hyper-parameters, RNG states, freeze
                                      state, config hash, best metric — and the name of its tensors file
-    best/...                         the same, for the epoch with the best validation loss (hard links)
 
 Commit protocol: the tensors file is written under a new name (temp file, fsync, ``os.replace``), then
 ``state.json`` the same way. ``state.json`` is the commit marker: until it is replaced, it still names the
 previous tensors file, which is only deleted afterwards. A SIGKILL at any point leaves a loadable checkpoint.
 
-Nested state (``optimizer.state_dict()``, RNG tuples, callback states) is encoded generically: every tensor
+Nested state (``optimizer.state_dict()``, RNG tuples, the EMA's state) is encoded generically: every tensor
 or ndarray becomes ``{"__tensor__": key}`` / ``{"__ndarray__": key}``, tuples and non-string-keyed dicts
 are tagged, so ``decode(encode(x)) == x`` exactly, types included.
 """
@@ -19,7 +18,6 @@ are tagged, so ``decode(encode(x)) == x`` exactly, types included.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from dataclasses import dataclass, field, fields
@@ -30,14 +28,15 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
+from torch import nn
 
 from headstart.errors import CheckpointError
-from headstart.features.atomic import atomic_write, clean_stale_tmp, tmp_path_for
+from headstart.io import atomic_write, clean_stale_tmp
 
-__all__ = ["TrainState", "capture_rng", "checkpoint_exists", "decode", "encode", "load_checkpoint",
+__all__ = ["TrainState", "capture_rng", "checkpoint_exists", "clone_state", "decode", "encode", "load_checkpoint",
            "restore_rng", "save_checkpoint", "save_tensors"]
 
-FORMAT = "headstart-checkpoint-v1"
+FORMAT = "headstart-checkpoint-v2"  # v2: the loop's own state (EMA, best weights) instead of callbacks'
 _TENSORS_NAME = re.compile(r"tensors-e\d{4,}\.safetensors")
 
 
@@ -50,14 +49,20 @@ class TrainState:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=dict)
-    callbacks: dict[str, Any] = field(default_factory=dict)
+    ema: dict[str, Any] = field(default_factory=dict)  # EMA.state_dict(); empty without EMA
     rng: dict[str, Any] = field(default_factory=dict)
     freeze: dict[str, Any] = field(default_factory=dict)
     config_hash: str = ""
     best_metric: float | None = None
     best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # early stopping's weights to restore
     history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's state (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # -- RNG ------------------------------------------------------------------------------------------------
@@ -130,7 +135,7 @@ def _hashable(k: Any) -> Any:
     return tuple(_hashable(v) for v in k) if isinstance(k, (list, tuple)) else k
 
 
-# -- atomic files: one implementation for the package (headstart.features.atomic) ---------------------
+# -- atomic files: one implementation for the package (headstart.io) ---------------------
 def save_tensors(dest: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """A safetensors file written atomically (own contiguous CPU copies of the tensors)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -146,17 +151,17 @@ def _write_json(dest: Path, data: Any) -> None:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
-def _slot(directory: Path, which: str) -> Path:
+def _slot(directory: Path) -> Path:
     directory = Path(directory)
-    return directory if (directory / "state.json").exists() and which == "last" else directory / which
+    return directory if (directory / "state.json").exists() else directory / "last"
 
 
-def checkpoint_exists(directory: str | Path, which: str = "last") -> bool:
-    return (_slot(Path(directory), which) / "state.json").exists()
+def checkpoint_exists(directory: str | Path) -> bool:
+    return (_slot(Path(directory)) / "state.json").exists()
 
 
-def save_checkpoint(directory: str | Path, state: TrainState, *, is_best: bool = False) -> Path:
-    """Write ``state`` to ``DIR/last`` (and hard-link it as ``DIR/best`` when ``is_best``); returns ``last``."""
+def save_checkpoint(directory: str | Path, state: TrainState) -> Path:
+    """Write ``state`` to ``DIR/last``; returns that folder."""
     last = Path(directory) / "last"
     last.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(last)  # a model-sized temp file per earlier kill would otherwise pile up
@@ -172,34 +177,16 @@ def save_checkpoint(directory: str | Path, state: TrainState, *, is_best: bool =
     for old in last.glob("tensors-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
-    if is_best:
-        _link_slot(last, Path(directory) / "best", name)
     return last
 
 
-def _link_slot(src: Path, dst: Path, name: str) -> None:
-    """Publish ``src`` as ``dst`` cheaply: hard links (a copy where links are unsupported), same protocol."""
-    dst.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(dst)
-    tmp = tmp_path_for(dst / name)
-    try:
-        os.link(src / name, tmp)
-    except OSError:
-        tmp.write_bytes((src / name).read_bytes())
-    os.replace(tmp, dst / name)
-    _write_json(dst / "state.json", json.loads((src / "state.json").read_text(encoding="utf-8")))
-    for old in dst.glob("tensors-*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
-
-
-def load_checkpoint(directory: str | Path, which: str = "last") -> TrainState:
-    """Read the checkpoint in ``DIR/which`` (or ``DIR`` itself when it holds ``state.json``).
+def load_checkpoint(directory: str | Path) -> TrainState:
+    """Read the checkpoint in ``DIR/last`` (or ``DIR`` itself when it holds ``state.json``).
 
     Only safetensors and JSON are read, never a pickle; the tensors file must be a plain name inside the
     slot (``state.json`` is data, and may come from anyone). Anything unusable is a ``CheckpointError``.
     """
-    slot = _slot(Path(directory), which)
+    slot = _slot(Path(directory))
     fix = "delete the checkpoints folder to train from scratch, or resume from an intact copy"
     try:
         body = json.loads((slot / "state.json").read_text(encoding="utf-8"))

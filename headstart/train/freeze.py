@@ -1,4 +1,4 @@
-"""Freezing the first K stages of a backbone: no gradients, fixed BatchNorm statistics, a splittable prefix.
+"""Freezing the first K stages of a backbone: no gradients, fixed BatchNorm statistics.
 
 A frozen stage is a fixed function of its input: its parameters get no gradient *and* it runs in eval mode
 (BatchNorm uses its running statistics and never updates them; drop-path is off). That is what makes its
@@ -23,7 +23,7 @@ from torch import nn
 from headstart.errors import ConfigError
 from headstart.models.base import Backbone
 
-__all__ = ["FreezeState", "freeze_stages", "resolve_freeze", "set_train_mode", "split_prefix"]
+__all__ = ["FreezeState", "freeze_stages", "resolve_freeze", "set_train_mode"]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -83,12 +83,3 @@ def set_train_mode(model: Backbone, k: int, freeze_bn: bool = False) -> None:
             if isinstance(m, _BN_TYPES):
                 m.eval()
 
-
-def split_prefix(model: Backbone, k: int) -> tuple[nn.Sequential, list[nn.Module]]:
-    """The first ``k`` stages as one ``nn.Sequential`` and the remaining stages, sharing their modules.
-
-    ``prefix(x)`` equals running those stages in order; an empty prefix is the identity.
-    """
-    k = resolve_freeze(model, k)
-    stages = list(model.stages.values())
-    return nn.Sequential(*stages[:k]), stages[k:]

@@ -1,23 +1,25 @@
 """The fine-tuning loop, readable top to bottom: ``train()``.
 
-Exact resume: the state at every epoch end (weights, optimizer moments, schedule position, callback
-states, RNG states) is checkpointed, and nothing else carries over from one epoch to the next — batch
-order comes from ``default_rng([seed, epoch])``, augmentations from ``default_rng([seed, epoch, index])``.
-So a run killed at any point and resumed from its last checkpoint ends with the same weights (CPU).
+Every epoch, in this order and visibly in the loop: train steps (each loss checked for divergence before
+its step, the EMA updated after it) → validation of the evaluated weights (the EMA's when on) → divergence
+check of the validation loss → best-state tracking → snapshot at a schedule cycle end → curves line →
+early-stopping decision → checkpoint → the optional ``on_epoch_end(row)``.
+
+Exact resume: the state at every epoch end (weights, optimizer moments, schedule position, EMA shadow,
+best weights and early-stopping count, RNG states, history) is checkpointed, and nothing else carries over
+from one epoch to the next — batch order comes from ``default_rng([seed, epoch])``, augmentations from
+``default_rng([seed, epoch, index])``. So a run killed at any point and resumed from its last checkpoint
+ends with the same weights (CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from headstart.errors import ConfigError
+from headstart.errors import ConfigError, TrainingDiverged
+from headstart.evaluate.curves import append_curve, reset_curves
 from headstart.models.base import Backbone
-from headstart.train.callbacks import Callback, LoopState, NonFiniteGuard
-from headstart.train.checkpoint import TrainState, capture_rng, checkpoint_exists, load_checkpoint, \
-    restore_rng, save_checkpoint
+from headstart.train.checkpoint import TrainState, capture_rng, checkpoint_exists, clone_state, load_checkpoint, \
+    restore_rng, save_checkpoint, save_tensors
+from headstart.train.ema import EMA
 from headstart.train.freeze import freeze_stages, set_train_mode
 from headstart.train.optim import OptimConfig, build_optimizer, build_param_groups, l1_penalty
 from headstart.train.prefix import Feed, ImageSet, SuffixModel, make_feeds
 from headstart.train.schedules import LRSchedule, ScheduleConfig
 
-__all__ = ["TrainResult", "cpu_bf16_works", "resolve_device", "train"]
+__all__ = ["MAX_LOSS", "TrainResult", "resolve_device", "snapshot_path", "train"]
+
+# A cross-entropy of 1e4 needs logit gaps of about 1e4, which only exploded weights produce (an untrained
+# head scores about log K, a confidently wrong one tens): such a loss is divergence, like NaN/inf.
+MAX_LOSS = 1e4
 
 
 @dataclass
@@ -48,6 +55,8 @@ class TrainResult:
     feed: str  # how the trainable part was fed, e.g. "cached prefix (4 stages, onnxruntime)"
     checkpoint: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    kept_epoch: int = 0  # the epoch whose weights ``model`` holds on return (best one, or the last)
+    snapshots: list[Path] = field(default_factory=list)  # weights saved at ``snapshot_epochs``, in order
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -60,29 +69,41 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where ``train`` saves the (evaluated) weights after ``epoch`` completed epochs."""
+    return Path(run_dir) / "snapshots" / f"epoch-{epoch:03d}.safetensors"
+
+
 def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
           optim_cfg: OptimConfig = OptimConfig(), sched_cfg: ScheduleConfig = ScheduleConfig(), epochs: int = 10,
-          freeze: int = 0, freeze_bn: bool = False, label_smoothing: float = 0.0,
-          callbacks: Sequence[Callback] = (), seed: int = 0, run_dir: str | Path | None = None,
-          resume: bool = False, device: str | torch.device = "auto", batch_size: int = 32,
-          workers: int | None = None, cache: bool | None = None, cache_dtype: type = np.float16,
-          backend: str = "auto", channels_last: bool | None = None, bf16: bool = False) -> TrainResult:
+          freeze: int = 0, freeze_bn: bool = False, label_smoothing: float = 0.0, ema: float = 0.0,
+          ema_warmup: bool = True, patience: int | None = None, snapshot_epochs: Sequence[int] = (), seed: int = 0,
+          run_dir: str | Path | None = None, resume: bool = False, device: str | torch.device = "auto",
+          batch_size: int = 32, workers: int | None = None, cache: bool | None = None,
+          cache_dtype: type = np.float16, backend: str = "auto", channels_last: bool | None = None,
+          on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Fine-tune ``model`` (first ``freeze`` stages frozen) on ``train_data``, validating on ``val_data``.
 
-    ``cache``: None → cache the frozen prefix's outputs when ``train_data`` is not augmented; False → run
-    the prefix every batch. ``backend`` is the prefix's inference engine (``make_engine``). ``resume``
-    continues from ``run_dir/checkpoints/last`` when it exists (same settings required). ``channels_last``
-    None: on for CPU (1.3-1.4x faster lite0 training steps here). ``bf16``: autocast the forward pass.
-    A ``NonFiniteGuard`` is added unless ``callbacks`` has one. On return ``model`` is in eval mode, with the
-    best weights if an ``EarlyStopping`` restored them; checkpoints always hold the live (non-EMA) weights.
+    ``ema`` > 0: keep an EMA of the weights (decay ``ema``, warm-up per ``ema_warmup``); it is what is
+    validated, kept as best, snapshotted and, at the end, kept. ``patience``: early stopping on the validation
+    loss, restoring the best epoch's (evaluated) weights; None (or no ``val_data``) trains every epoch.
+    ``snapshot_epochs``: save the evaluated weights after these epochs (e.g. ``cycle_ends``) to
+    ``run_dir/snapshots``. ``cache``: None → cache the frozen prefix's outputs when ``train_data`` is not
+    augmented; False → run the prefix every batch; ``backend`` is the prefix's engine. ``resume`` continues
+    from ``run_dir/checkpoints/last`` (same settings required). ``channels_last`` None: on for CPU (1.3-1.4x
+    faster lite0 steps here). With ``run_dir``, ``curves.jsonl``/``curves.svg`` log every epoch.
+    ``on_epoch_end(row)`` sees each epoch's row after its checkpoint. On return ``model`` is in eval mode;
+    checkpoints hold the live (non-EMA) weights.
+
+    >>> res = train(model, ImageSet(paths, labels), val, freeze=4, epochs=10, ema=0.999,  # doctest: +SKIP
+    ...             patience=3, run_dir="runs/ft")
     """
     t_setup, dev = time.perf_counter(), resolve_device(device)
-    if bf16 and dev.type == "cpu" and not cpu_bf16_works():
-        raise ConfigError("bf16 autocast crashes this CPU's oneDNN kernels (illegal instruction: AMX is advertised "
-                          "but not enabled, as in some VMs); train without bf16, or start Python with "
-                          "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16")
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    snapshot_epochs = sorted({int(e) for e in snapshot_epochs})
+    if snapshot_epochs and run_dir is None:
+        raise ConfigError("snapshot_epochs needs a run_dir to save the snapshots in")
     fz = freeze_stages(model.to(dev), freeze, freeze_bn=freeze_bn)
     suffix, cl = SuffixModel(model, fz.k), (dev.type == "cpu") if channels_last is None else channels_last
     if cl:
@@ -94,147 +115,182 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
     groups = build_param_groups(model, optim_cfg, freeze=fz.k)
     optimizer = build_optimizer(groups, optim_cfg)
     sched = LRSchedule(optimizer, sched_cfg, epochs=epochs, steps_per_epoch=math.ceil(len(train_feed) / batch_size))
-    cbs = list(callbacks) if any(isinstance(c, NonFiniteGuard) for c in callbacks) else [NonFiniteGuard(), *callbacks]
-    state = LoopState(model, optimizer, sched, epochs, run_dir)
+    avg = EMA(ema, warmup=ema_warmup) if ema > 0 else None
+    stopping = patience is not None and val_feed is not None
+    loop_cfg = {"ema": ema, "ema_warmup": ema_warmup, "patience": patience if stopping else None,
+                "snapshot_epochs": snapshot_epochs}
     cfg_hash = _config_hash(model, train_data, optim_cfg, sched_cfg, epochs, fz.to_dict(), label_smoothing, seed,
-                            batch_size, bf16)
-    best, best_epoch, rng_state = math.inf, 0, None
+                            batch_size, loop_cfg)
+    s = _LoopState()
     if resume and ckpt_dir is not None and checkpoint_exists(ckpt_dir):
-        ck = load_checkpoint(ckpt_dir)
-        if ck.config_hash != cfg_hash:
-            raise ConfigError(f"{ckpt_dir} was written by a run with other settings (model, data, optimizer, "
-                              "schedule, epochs, freeze, seed or batch size); resume with the same ones, "
-                              "or start afresh in a new run dir")
-        model.load_state_dict(ck.model)
-        optimizer.load_state_dict(ck.optimizer)
-        sched.load_state_dict(ck.scheduler)
-        for key, cb in _keyed(cbs).items():
-            if key in ck.callbacks:
-                cb.load_state_dict(ck.callbacks[key])
-        state.epoch, state.step, state.history = ck.epoch, ck.step, list(ck.history)
-        best, best_epoch, rng_state = _num(ck.best_metric), ck.best_epoch, ck.rng
-        state.stop, state.stop_reason = bool(ck.extra.get("stop")), str(ck.extra.get("stop_reason", ""))
-        state.last_checkpoint = f"{ckpt_dir / 'last'} (epoch {ck.epoch})"
+        s = _resume(load_checkpoint(ckpt_dir), cfg_hash, ckpt_dir, model, optimizer, sched, avg)
     else:
         torch.manual_seed(seed)  # dropout / drop-path draws: same seed, same run
-    for cb in cbs:
-        cb.on_train_begin(state)
-    if rng_state is not None:
-        restore_rng(rng_state)  # last, so that set-up work cannot shift the RNG streams
+    if avg is not None and not avg.shadow:
+        avg.init(model)
+    if run_dir is not None:
+        reset_curves(run_dir, s.epoch)  # lines of epochs after the checkpoint are redone, so dropped
+    if s.rng is not None:
+        restore_rng(s.rng)  # last, so that set-up work cannot shift the RNG streams
     timings = {"setup_s": time.perf_counter() - t_setup, "train_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0}
+    lr = optimizer.param_groups[-1]["lr"]
 
-    for epoch in range(state.epoch, epochs):
-        if state.stop:
+    for epoch in range(s.epoch, epochs):
+        if s.stop_reason:
             break
-        state.epoch, t0 = epoch, time.perf_counter()
+        t0 = time.perf_counter()
         set_train_mode(model, fz.k, fz.freeze_bn)
         order = np.random.default_rng([seed, epoch]).permutation(len(train_feed))
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in train_feed.batches(order, batch_size, epoch):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = suffix(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-            if optim_cfg.l1 > 0:
+            logits = suffix(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            lr, value = optimizer.param_groups[-1]["lr"], loss.item()
+            _check_train_loss(value, epoch, s.step, lr, s.last_checkpoint)  # before the step: weights stay finite
+            if optim_cfg.l1 > 0:  # after the check: a large penalty is the user's choice, not a divergence
                 loss = loss + optim_cfg.l1 * l1_penalty(groups)
-            state.lr, value = optimizer.param_groups[-1]["lr"], loss.item()
-            for cb in cbs:
-                cb.on_loss(state, value)  # before the step: a NaN never reaches the weights
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             sched.step()
-            state.step += 1
+            if avg is not None:
+                avg.update(model)
+            s.step += 1
             loss_sum, seen = loss_sum + value * len(y), seen + len(y)
             correct += int((logits.argmax(1) == y).sum())
-            for cb in cbs:
-                cb.on_step_end(state, value)
         t1 = time.perf_counter()
-        with contextlib.ExitStack() as stack:  # e.g. EMA weights: validated, kept as best, snapshotted
-            for cb in cbs:
-                stack.enter_context(cb.eval_context(state))
-            val_loss, val_acc = _validate(suffix, model, val_feed, batch_size, dev, bf16)
-            state.metrics = {"epoch": epoch + 1, "lr": state.lr, "train_loss": loss_sum / max(seen, 1),
-                             "train_acc": correct / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
-                             "seconds": time.perf_counter() - t0}
+        with avg.swap(model) if avg is not None else contextlib.nullcontext():  # EMA weights are the evaluated ones
+            val_loss, val_acc = _validate(suffix, model, val_feed, batch_size)
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+                   "train_acc": correct / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
+                   "seconds": time.perf_counter() - t0}
+            _check_val_loss(val_loss, val_acc, epoch, lr, s.last_checkpoint)  # before it is checkpointed
             sched.epoch_end(val_loss if val_feed is not None else None)
-            for cb in cbs:
-                cb.on_epoch_end(state)
-        state.history.append(dict(state.metrics))
-        is_best = val_loss < best
-        best, best_epoch = (val_loss, epoch + 1) if is_best else (best, best_epoch)
+            if val_loss < s.best:  # NaN compares False: a non-finite epoch is never the best
+                s.best, s.best_epoch, s.bad = val_loss, epoch + 1, 0
+                s.best_state = clone_state(model) if stopping else {}
+            else:
+                s.bad += 1
+            if epoch + 1 in snapshot_epochs:
+                save_tensors(snapshot_path(run_dir, epoch + 1), clone_state(model))
+        s.history.append(row)
+        if run_dir is not None:
+            append_curve(run_dir, row)
+        if stopping and s.bad >= patience:
+            s.stop_reason = (f"early stopping: val loss has not improved for {s.bad} epochs "
+                             f"(best {s.best:.4f} at epoch {s.best_epoch})")
         t2 = time.perf_counter()
         if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, TrainState(
-                epoch=epoch + 1, step=state.step, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                scheduler=sched.state_dict(), callbacks={k: c.state_dict() for k, c in _keyed(cbs).items()},
-                rng=capture_rng(), freeze=fz.to_dict(), config_hash=cfg_hash, best_metric=best,
-                best_epoch=best_epoch, history=state.history,
-                extra={"stop": state.stop, "stop_reason": state.stop_reason}), is_best=is_best)
-            state.last_checkpoint = f"{ckpt_dir / 'last'} (epoch {epoch + 1})"
+            save_checkpoint(ckpt_dir, s.to_checkpoint(epoch + 1, model, optimizer, sched, avg, fz.to_dict(), cfg_hash))
+            s.last_checkpoint = f"{ckpt_dir / 'last'} (epoch {epoch + 1})"
         timings["train_s"] += t1 - t0
         timings["eval_s"] += t2 - t1
         timings["checkpoint_s"] += time.perf_counter() - t2
+        if on_epoch_end is not None:
+            on_epoch_end(dict(row))
 
-    for cb in cbs:
-        cb.on_train_end(state)
+    kept_epoch = _keep_final_weights(model, s, avg)
     model.eval()
-    return TrainResult(state.history, best_epoch, best, state.stop_reason, how,
-                       ckpt_dir / "last" if ckpt_dir is not None else None, timings)
+    snapshots = [snapshot_path(run_dir, e) for e in snapshot_epochs if e <= len(s.history)] if run_dir else []
+    return TrainResult(s.history, s.best_epoch, s.best, s.stop_reason, how,
+                       ckpt_dir / "last" if ckpt_dir is not None else None, timings, kept_epoch, snapshots)
+
+
+@dataclass
+class _LoopState:
+    """What carries over from epoch to epoch, and so what a checkpoint holds besides the torch objects."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float = math.inf
+    best_epoch: int = 0
+    bad: int = 0  # epochs since the best one
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    stop_reason: str = ""
+    last_checkpoint: str = "none yet"
+    rng: dict[str, Any] | None = None
+
+    def to_checkpoint(self, epoch: int, model: Backbone, optimizer: torch.optim.Optimizer, sched: LRSchedule,
+                      avg: EMA | None, freeze: dict[str, Any], cfg_hash: str) -> TrainState:
+        return TrainState(epoch=epoch, step=self.step, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                          scheduler=sched.state_dict(), ema=avg.state_dict() if avg is not None else {},
+                          rng=capture_rng(), freeze=freeze, config_hash=cfg_hash, best_metric=self.best,
+                          best_epoch=self.best_epoch, best_state=self.best_state, history=self.history,
+                          extra={"bad_epochs": self.bad, "stop_reason": self.stop_reason})
+
+
+def _resume(ck: TrainState, cfg_hash: str, ckpt_dir: Path, model: Backbone, optimizer: torch.optim.Optimizer,
+            sched: LRSchedule, avg: EMA | None) -> _LoopState:
+    """Load the checkpoint's weights, optimizer, schedule and EMA; return the loop state it holds."""
+    if ck.config_hash != cfg_hash:
+        raise ConfigError(f"{ckpt_dir} was written by a run with other settings (model, data, optimizer, "
+                          "schedule, epochs, freeze, EMA, early stopping, snapshots, seed or batch size); resume "
+                          "with the same ones, or start afresh in a new run dir")
+    model.load_state_dict(ck.model)
+    optimizer.load_state_dict(ck.optimizer)
+    sched.load_state_dict(ck.scheduler)
+    if avg is not None:
+        avg.load_state_dict(ck.ema)
+    return _LoopState(epoch=ck.epoch, step=ck.step, history=list(ck.history),
+                      best=math.inf if ck.best_metric is None else float(ck.best_metric), best_epoch=ck.best_epoch,
+                      bad=int(ck.extra.get("bad_epochs", 0)), best_state=dict(ck.best_state),
+                      stop_reason=str(ck.extra.get("stop_reason", "")),
+                      last_checkpoint=f"{ckpt_dir / 'last'} (epoch {ck.epoch})", rng=ck.rng)
+
+
+def _keep_final_weights(model: Backbone, s: _LoopState, avg: EMA | None) -> int:
+    """Leave the weights to keep in ``model``: the best epoch's when early stopping tracked them, else the
+    last epoch's evaluated ones (the EMA's when on). Returns the epoch they come from."""
+    if s.best_state:
+        model.load_state_dict(s.best_state)
+        return s.best_epoch
+    if avg is not None:
+        avg.copy_to(model)
+    return len(s.history)
+
+
+def _advice(lr: float, last_checkpoint: str) -> str:
+    return (f"lower the learning rate (now {lr:.3g}), e.g. by 10x, or use warm-up / label smoothing; "
+            f"the last good checkpoint is {last_checkpoint}")
+
+
+def _check_train_loss(loss: float, epoch: int, step: int, lr: float, last_checkpoint: str) -> None:
+    """Stop before a NaN/inf or exploding (> ``MAX_LOSS``) training loss is stepped into the weights."""
+    if not math.isfinite(loss) or loss > MAX_LOSS:
+        raise TrainingDiverged(f"training diverged: loss became {loss:.4g} at epoch {epoch + 1} step {step}; "
+                               + _advice(lr, last_checkpoint))
+
+
+def _check_val_loss(loss: float, acc: float, epoch: int, lr: float, last_checkpoint: str) -> None:
+    """Stop at a diverged validation loss before the epoch is checkpointed: the last checkpoint stays good."""
+    if math.isfinite(acc) and (not math.isfinite(loss) or loss > MAX_LOSS):  # no val data: both NaN by design
+        raise TrainingDiverged(f"training diverged: validation loss became {loss:.4g} at the end of epoch "
+                               f"{epoch + 1}; " + _advice(lr, last_checkpoint))
 
 
 @torch.no_grad()
-def _validate(suffix: SuffixModel, model: Backbone, feed: Feed | None, batch_size: int, dev: torch.device,
-              bf16: bool) -> tuple[float, float]:
+def _validate(suffix: SuffixModel, model: Backbone, feed: Feed | None, batch_size: int) -> tuple[float, float]:
     """Mean cross-entropy (no label smoothing) and accuracy on ``feed``; NaN without validation data."""
     if feed is None:
         return math.nan, math.nan
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y in feed.batches(np.arange(len(feed)), batch_size):
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = suffix(x).float()
+        logits = suffix(x).float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     return loss_sum / max(len(feed), 1), correct / max(len(feed), 1)
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_works() -> bool:
-    """Whether bf16 autocast trains on this CPU, probed in a child process: where the CPU advertises AMX but
-    the kernel/VM has not enabled it, oneDNN's bf16 matmul dies with SIGILL, which no ``try`` can catch."""
-    probe = ("import torch\nl, c = torch.nn.Linear(64, 64), torch.nn.Conv2d(8, 8, 3)\n"
-             "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
-             "    y = l(torch.randn(8, 64)).float().sum() + c(torch.randn(2, 8, 8, 8)).float().sum()\n"
-             "y.backward()\n")
-    try:
-        return subprocess.run([sys.executable, "-c", probe], env=os.environ, capture_output=True,
-                              timeout=300).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _keyed(cbs: Sequence[Callback]) -> dict[str, Callback]:
-    """Callbacks keyed by class name (``EMA``, ``EMA#1``...): adding a stateless callback keeps the keys."""
-    out: dict[str, Callback] = {}
-    for cb in cbs:
-        name, n = type(cb).__name__, 0
-        while (key := name if n == 0 else f"{name}#{n}") in out:
-            n += 1
-        out[key] = cb
-    return out
-
-
-def _num(x: float | None) -> float:
-    return math.inf if x is None else float(x)
-
-
 def _config_hash(model: Backbone, data: ImageSet, optim_cfg: OptimConfig, sched_cfg: ScheduleConfig, epochs: int,
-                 freeze: dict[str, Any], label_smoothing: float, seed: int, batch_size: int, bf16: bool) -> str:
+                 freeze: dict[str, Any], label_smoothing: float, seed: int, batch_size: int,
+                 loop: dict[str, Any]) -> str:
     """What must not change across a resume (engine, workers, caching only change speed)."""
     desc = {"model": model.name, "weights": model.weights_id, "classes": model.num_classes, "n_train": len(data),
             # surrogateescape: a non-UTF-8 file name (b"caf\xe9.jpg") is a lone surrogate in a str
             "files": hashlib.sha256("\n".join(map(str, data.paths)).encode("utf-8", "surrogateescape")).hexdigest(),
             "augment": data.augment.to_dict() if data.augment is not None else None, "optim": asdict(optim_cfg),
             "sched": asdict(sched_cfg), "epochs": epochs, "freeze": freeze, "label_smoothing": label_smoothing,
-            "seed": seed, "batch_size": batch_size, "bf16": bf16}
+            "seed": seed, "batch_size": batch_size, "loop": loop}
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()

@@ -108,12 +108,12 @@ SLOW_ENGINE = textwrap.dedent("""
 """)
 
 SLOW_EPOCHS = textwrap.dedent("""
-    import headstart.train.callbacks as cb
-    _end = cb.CurveLogger.on_epoch_end
-    def _slow_end(self, state):
-        _end(self, state)
+    import headstart.train.loop as loop
+    _append = loop.append_curve
+    def _slow_append(run_dir, row):  # the loop logs each epoch just before checkpointing it
+        _append(run_dir, row)
         time.sleep({delay})
-    cb.CurveLogger.on_epoch_end = _slow_end
+    loop.append_curve = _slow_append
 """)
 
 

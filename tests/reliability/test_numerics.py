@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import headstart.features.extract as extract_module
-import headstart.fit.finetune as finetune_module
 from headstart.bundle import save_linear_bundle
 from headstart.heads.params import LinearParams
 from headstart.models import create_model
-from headstart.train.callbacks import CurveLogger
+import headstart.train.loop as loop_module
 from headstart.train.checkpoint import load_checkpoint
 
 from .helpers import TINY, make_class_folder, run
@@ -91,21 +93,34 @@ def test_divergent_learning_rate_stops_with_advice(data: Path, tmp_path: Path) -
     assert not (out / "metrics.json").exists() and not (out / "bundle").exists()  # no garbage model published
 
 
-class _Explode(CurveLogger):
+@contextlib.contextmanager
+def _explode_from_epoch_2(mp: pytest.MonkeyPatch) -> Iterator[None]:
     """From epoch 2 on, blow the classifier up after every step: the weights diverge mid-run."""
+    logged, append = [0], loop_module.append_curve
 
-    def on_step_end(self, state, loss):
-        if state.epoch >= 1:
+    def count(run_dir, row):  # the loop logs every finished epoch
+        append(run_dir, row)
+        logged[0] += 1
+
+    def explode(opt, *_):
+        if logged[0] >= 1:
             with torch.no_grad():
-                state.model.classifier.weight.mul_(1e6)
+                for p in opt.param_groups[-1]["params"]:  # the classifier's group comes last
+                    p.mul_(1e6)
+
+    mp.setattr(loop_module, "append_curve", count)
+    handle = register_optimizer_step_post_hook(explode)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def test_divergence_keeps_the_last_good_checkpoint_usable(data: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     args = ("--cache-dir", tmp_path / "cache", *FINETUNE, "--epochs", "3", *TINY)
-    with monkeypatch.context() as mp:
-        mp.setattr(finetune_module, "CurveLogger", _Explode)
+    with monkeypatch.context() as mp, _explode_from_epoch_2(mp):
         line = run("fit", data, "--out", out, *args).assert_fails("epoch 2", "diverg", "lower the learning rate")
     assert f"the last good checkpoint is {out / 'checkpoints' / 'last'} (epoch 1)" in line
     ck = load_checkpoint(out / "checkpoints")

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import headstart
-from headstart.bundle import HEAD, META, WEIGHTS, load
+from headstart.bundle import HEAD, META, WEIGHTS, load, save_finetune_bundle
 from headstart.data import ImageFolder
 from headstart.errors import BundleError, CheckpointError, DatasetError, HeadstartError
 from headstart.features import load_codes
-from headstart.train import SnapshotEnsemble
+from headstart.models import create_model
 from headstart.train.checkpoint import load_checkpoint
 
 from .helpers import TINY, make_class_folder, run
@@ -183,11 +183,19 @@ def test_codes_index_cannot_point_outside_its_folder(tmp_path: Path, name: str) 
         load_codes(out)
 
 
-def test_snapshot_record_cannot_point_outside_the_run(tmp_path: Path) -> None:
-    ens = SnapshotEnsemble(path=tmp_path / "snapshots")
-    ens.load_state_dict({"saved": ["/etc/passwd"], "epochs": [1]})
-    with pytest.raises(HeadstartError, match="not an epoch-NNN.safetensors file"):
-        ens.predict(torch.nn.Linear(2, 2), [])
+@pytest.mark.parametrize("name", ["/etc/passwd", "../weights.safetensors", "snapshots/../../x.safetensors",
+                                  "weights.safetensors", 7])
+def test_bundle_snapshot_list_cannot_point_outside_the_bundle(tmp_path: Path, name: object) -> None:
+    torch.manual_seed(0)
+    model = create_model("tiny_test", num_classes=2)
+    bundle = save_finetune_bundle(tmp_path / "bundle", model=model, classes=["a", "b"],
+                                  snapshots={3: model.state_dict()})
+    load(bundle, backend="torch")  # the untouched bundle loads
+    meta = json.loads((bundle / META).read_text())
+    meta["snapshots"] = [name]
+    (bundle / META).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="not snapshots/epoch-NNN.safetensors"):
+        load(bundle, backend="torch")
 
 
 def test_resume_writes_only_into_the_run_dir_it_was_given(runs: dict[str, Path], tmp_path: Path) -> None:

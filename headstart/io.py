@@ -1,5 +1,8 @@
 """Crash-safe files: write to a temp file beside the target, fsync, rename; clean up after dead writers.
 
+At the bottom of the package (every layer writes files: features, checkpoints, bundles, run dirs), so it
+imports nothing of headstart but ``errors``.
+
 A temp name carries its writer's pid and host, so a later process can tell a leftover of a killed
 run (remove it) from a write in progress in another live process (leave it alone).
 """

@@ -1,0 +1,58 @@
+"""Codes of a dataset's splits: the step both strategies start with (the linear head's features, the
+fine-tuning probe's features and the check that every file decodes).
+
+>>> codes = extract_dataset(ds, backbone, ["pooled"], cfg)  # doctest: +SKIP
+>>> codes.X(("pooled",), codes.split == SPLIT_IDS["train"]).shape  # doctest: +SKIP
+(240, 1280)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.config import FitConfig
+from headstart.data import ImageFolder
+from headstart.features import FeatureCache, default_cache_dir, extract_codes
+from headstart.fit.checks import SPLIT_IDS, count_duplicates_across_splits, require_training_images
+from headstart.fit.layers import Layer
+from headstart.models import Backbone
+
+__all__ = ["SPLIT_IDS", "Codes", "extract_dataset"]
+
+
+@dataclass
+class Codes:
+    """CNN codes of every decodable image with its label and split."""
+
+    by_tap: dict[str, np.ndarray]
+    labels: np.ndarray
+    split: np.ndarray  # SPLIT_IDS values
+    failures: list[Any] = field(default_factory=list)
+    duplicates: int = 0  # test images byte-identical to a train/val image (warned about at extraction)
+    batch_size: int = 0  # what extraction ran with (the one chosen when engine.batch_size is 0, auto)
+
+    def X(self, layer: Layer, mask: np.ndarray) -> np.ndarray:
+        return np.hstack([self.by_tap[t][mask] for t in layer]).astype(np.float32, copy=False)
+
+    def skipped_files(self) -> list[dict[str, str]]:
+        """The undecodable files, as metrics.json lists them."""
+        return [{"path": str(f.path), "reason": f.reason} for f in self.failures]
+
+
+def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: FitConfig, *,
+                    progress: bool = True) -> Codes:
+    """The ``taps`` codes of every split's images (cached), with labels and split ids; undecodable files are
+    left out (listed in ``failures``), and a split without training images for some class is an error."""
+    samples = [(s, SPLIT_IDS[name]) for name, items in ds.splits.items() for s in items]
+    cache = FeatureCache(Path(cfg.engine.cache_dir) if cfg.engine.cache_dir else default_cache_dir())
+    res = extract_codes([s.path for s, _ in samples], backbone, taps, cache=cache, backend=cfg.engine.backend,
+                        batch_size=cfg.engine.batch_size, progress=progress)
+    labels = np.array([s.label for s, _ in samples])[res.index]
+    split = np.array([k for _, k in samples])[res.index]
+    require_training_images(ds.classes, labels, split)
+    duplicates = count_duplicates_across_splits(res.hashes, split, res.paths)
+    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size)
