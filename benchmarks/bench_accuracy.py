@@ -4,13 +4,15 @@
     python benchmarks/bench_accuracy.py --dataset intel_scenes_small --only linear_top,linear_auto
 
 Each row is a `headstart fit` run (the equivalent CLI command is printed beside it); results go to
-RUN/<dataset>/<name>/metrics.json and a markdown table on stdout.
+RUN/<dataset>/<name>/metrics.json (copied to benchmarks/results/<dataset>/<name>_s<seed>/, which is
+committed) and a markdown table on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,11 +23,14 @@ from headstart.train.optim import OptimConfig
 from headstart.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 NO_AUG = AugmentConfig(hflip=False, crop="center")
 EPOCHS = 6
 
 # name → (FitConfig changes, equivalent CLI flags)
 CONFIGS: dict[str, tuple[dict, str]] = {
+    # Every default as it ships: what `headstart fit DATA --strategy finetune` trains.
+    "ft_default": ({"strategy": "finetune"}, "--strategy finetune"),
     "linear_top": ({"strategy": "linear", "linear": LinearConfig(layer="pooled")}, "--layer pooled"),
     "linear_auto": ({"strategy": "linear", "linear": LinearConfig(layer="auto")}, "--layer auto"),
     "ft_k7": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=7, epochs=EPOCHS, augment=NO_AUG)},
@@ -53,7 +58,7 @@ CONFIGS: dict[str, tuple[dict, str]] = {
                               "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
                                                          freeze_bn=False, head_init="random")},
                              f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
-                             "--head-init random"),
+                             "--no-freeze-bn --head-init random"),
     # LP-FT with small steps (Kumar et al. 2022: fine-tuning distorts features, which costs accuracy out of
     # distribution): head lr 1e-4, backbone 3e-5, no label smoothing (the probe was fitted without it).
     "ft_k3_gentle_ema_tta": ({"strategy": "finetune",
@@ -90,10 +95,12 @@ CONFIGS["ft_k3_robust_ema_tta_all"] = (
     "--val-fraction 0")
 
 
-def _config_value(run: Path, key: str) -> object:
-    from headstart.config import load_toml
-
-    return load_toml(run / "config.toml").get("finetune", {}).get(key)
+def row_config(name: str, data: Path, out: Path, seed: int = 0) -> FitConfig:
+    """The config a row runs (tests/test_config.py checks it equals `headstart fit DATA --out OUT FLAGS`)."""
+    changes = dict(CONFIGS[name][0])
+    val_fraction = changes.pop("val_fraction", DataConfig.val_fraction)
+    data_cfg = DataConfig(path=str(data), seed=seed, val_fraction=val_fraction)
+    return replace(FitConfig(out=str(out), data=data_cfg), **changes)
 
 
 def main() -> None:
@@ -114,16 +121,15 @@ def main() -> None:
                 m = json.loads(f.read_text())
                 rows.append((name, CONFIGS[name][1], m, sum(m["timing"].values())))
             continue
-        changes, flags = CONFIGS[name]
-        out = args.out / args.dataset / name
-        changes = dict(changes)
-        val_fraction = changes.pop("val_fraction", DataConfig.val_fraction)
-        data_cfg = DataConfig(path=str(data), seed=args.seed, val_fraction=val_fraction)
-        cfg = replace(FitConfig(out=str(out), data=data_cfg), **changes)
+        flags, out = CONFIGS[name][1], args.out / args.dataset / name
+        cfg = row_config(name, data, out, args.seed)
         t0 = time.perf_counter()
         m = fit(cfg, progress=False)
         rows.append((name, flags, m, time.perf_counter() - t0))
         print(f"{name}: test {m['test']['accuracy']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        kept = RESULTS / args.dataset / f"{name}_s{args.seed}"  # the small file behind a row, committed
+        kept.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "metrics.json", kept / "metrics.json")
         (args.out / args.dataset / "results.json").write_text(json.dumps(
             [{"name": n, "flags": f, "test_accuracy": r["test"]["accuracy"], "val_accuracy": r["val"]["accuracy"],
               "layer": r.get("layer"), "seconds": s} for n, f, r, s in rows], indent=2))
@@ -131,8 +137,6 @@ def main() -> None:
     print("| run | `headstart fit DATA` flags | layer / freeze | val acc | test acc | balanced | time |")
     print("|---|---|---|---|---|---|---|")
     for name, flags, m, secs in rows:
-        if m["strategy"] == "finetune" and not _config_value(args.out / args.dataset / name, "freeze_bn"):
-            flags += " --no-freeze-bn"
         if m["strategy"] == "linear":
             what = m["layer"]
         else:

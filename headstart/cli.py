@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from headstart.errors import ConfigError, HeadstartError
+from headstart.cli_fit import _batch_size, fit_command
+from headstart.errors import HeadstartError
 
 app = typer.Typer(
     help="Transfer learning for image classifiers: a pretrained ConvNet as a fixed feature extractor "
@@ -31,21 +32,6 @@ err = Console(stderr=True, soft_wrap=True)
 
 BackendOpt = Annotated[str, typer.Option(help="Inference engine: auto, openvino, onnxruntime or torch.")]
 BATCH_HELP = "Images per batch, or auto: start at 64 and halve on out-of-memory"
-
-
-def _batch_size(value: str | None) -> int | None:
-    """``--batch-size``: a positive integer, or ``auto`` (0 in ``EngineConfig``)."""
-    if value is None:
-        return None
-    if value.strip().lower() == "auto":
-        return 0
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ConfigError(f"--batch-size must be a positive integer or auto; got {value!r}")
-    return n
 
 
 @app.command()
@@ -111,8 +97,9 @@ def evaluate(
                                                "evaluated as an ensemble (mean probabilities).")],
     data: Annotated[Optional[Path], typer.Option(help="Dataset folder, if it moved since the first run.")] = None,
     split: Annotated[str, typer.Option(help="Split of the first run's splits.json: test or val.")] = "test",
-    tta: Annotated[str, typer.Option(help="Test-time augmentation for fine-tuned runs: none, flip, 10crop or "
-                                     "multiscale.")] = "none",
+    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation for fine-tuned runs: none, flip, "
+                                               "10crop or multiscale \\[default: each run's own, as its "
+                                               "metrics.json reports].", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     backend: BackendOpt = "auto",
@@ -137,133 +124,13 @@ def evaluate(
     console.print(table)
 
 
-def _fit_config(config: Optional[Path], overrides: dict):  # noqa: ANN202
-    """Config file (if any) with the flags that were actually given on top."""
-    from headstart.config import FitConfig, deep_update, from_dict, load_toml
-
-    base = load_toml(config) if config else {}
-    return from_dict(FitConfig, deep_update(base, overrides)).validate()
-
-
-def _given(**kw: object) -> dict:
-    return {k: v for k, v in kw.items() if v is not None}
-
-
-@app.command()
-def fit(
-    data: Annotated[Optional[Path], typer.Argument(help="Image folder: DATA/<class>/<images> or "
-                                                   "DATA/{train,val,test}/<class>/<images>.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to write.")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="linear (CNN codes + linear classifier) or finetune "
-                                                    "\\[default: linear].")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Backbone from `headstart models` "
-                                                 "\\[default: efficientnet_lite0].")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="Tap for the codes: a stage name, several joined by "
-                                                 "commas (concatenated), or auto (compare on validation) "
-                                                 "\\[default: pooled].")] = None,
-    head: Annotated[Optional[str], typer.Option(help="Linear classifier: softmax or svm \\[default: softmax].")] = None,
-    c: Annotated[Optional[float], typer.Option("--C", help="Inverse L2 strength; 0 = choose by a log-spaced "
-                                               "sweep on validation \\[default: 0].")] = None,
-    class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to reweight rare classes.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Validation share carved from train when there is "
-                                                          "no val folder; 0 = cross-validation \\[default: 0.15].")] = None,
-    test_fraction: Annotated[Optional[float], typer.Option(help="Test share split off when there is no test "
-                                                           "folder \\[default: 0.2].")] = None,
-    cv_folds: Annotated[Optional[int], typer.Option(help="Folds for choosing C/layer when there is no "
-                                                    "validation split \\[default: 5].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for splits and training \\[default: 0].")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
-    batch_size: Annotated[Optional[str], typer.Option(help=f"{BATCH_HELP} (finetune then trains with 32) "
-                                                      "\\[default: 32].")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache \\[default: ~/.cache/headstart].")] = None,
-    freeze: Annotated[Optional[int], typer.Option(help="finetune: first K stages frozen (no gradients, BN "
-                                                  "statistics fixed); 0 = train all \\[default: 5].")] = None,
-    freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--no-freeze-bn", help="finetune: keep BN "
-                                                      "statistics of trainable stages fixed too \\[default: on].")] = None,
-    head_init: Annotated[Optional[str], typer.Option(help="finetune: probe (start from a linear probe, LP-FT) "
-                                                     "or random \\[default: probe].")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="finetune: epochs \\[default: 10].")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="finetune: learning rate of the new head; pretrained "
-                                                "layers get lr × backbone-lr-mult \\[default: 1e-3].")] = None,
-    backbone_lr_mult: Annotated[Optional[float], typer.Option(help="finetune \\[default: 0.1].")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="finetune: sgd, momentum, nesterov, adagrad, rmsprop, "
-                                                     "adam, adamw \\[default: adamw].")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="finetune \\[default: 0.01].")] = None,
-    layer_decay: Annotated[Optional[float], typer.Option(help="finetune: LR × this per stage below the last "
-                                                         "trainable one \\[default: 1, off].")] = None,
-    l1: Annotated[Optional[float], typer.Option("--l1", help="finetune: L1 strength added to the loss (with "
-                                                "--weight-decay: elastic net) \\[default: 0].")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="finetune: constant, step, exponential, inverse_time, "
-                                                    "cosine, sgdr, plateau \\[default: cosine].")] = None,
-    warmup: Annotated[Optional[float], typer.Option(help="finetune: linear warm-up epochs \\[default: 1].")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="finetune \\[default: 0.1].")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="finetune: dropout before the head \\[default: 0.2].")] = None,
-    drop_path: Annotated[Optional[float], typer.Option(help="finetune: stochastic depth \\[default: 0].")] = None,
-    ema: Annotated[Optional[float], typer.Option(help="finetune: EMA decay of the weights, e.g. 0.999 "
-                                                 "\\[default: off].")] = None,
-    ema_warmup: Annotated[Optional[bool], typer.Option("--ema-warmup/--no-ema-warmup", help="finetune: EMA decay "
-                                                       "min(ema, (1+t)/(10+t)) at step t, so the first steps' "
-                                                       "weights fade out \\[default: on].")] = None,
-    wise_ft: Annotated[Optional[float], typer.Option(help="finetune: WiSE-FT, final weights ALPHA x fine-tuned + "
-                                                      "(1 - ALPHA) x the LP-FT start, for robustness to a "
-                                                      "distribution shift, e.g. 0.5 \\[default: 1 = off].")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="finetune: early-stopping patience \\[default: 5].")] = None,
-    snapshots: Annotated[Optional[bool], typer.Option("--snapshots/--no-snapshots", help="finetune: snapshot "
-                                                      "ensemble at SGDR cycle ends.")] = None,
-    tta: Annotated[Optional[str], typer.Option(help="finetune: test-time augmentation none, flip, 10crop, "
-                                               "multiscale \\[default: none].")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="finetune: flips + random "
-                                                    "resized crops (off: the frozen prefix is computed once "
-                                                    "and cached).")] = None,
-    crop: Annotated[Optional[str], typer.Option(help="finetune: training crop rrc (random resized), scale_jitter "
-                                                "(ResNet short-side jitter) or center \\[default: rrc].")] = None,
-    color_jitter: Annotated[Optional[float], typer.Option(help="finetune: brightness, contrast and saturation "
-                                                          "factors drawn in 1 ± this \\[default: 0].")] = None,
-    pca_lighting: Annotated[Optional[float], typer.Option(help="finetune: AlexNet PCA colour augmentation, std "
-                                                          "of the coefficients, e.g. 0.1 \\[default: 0].")] = None,
-    downscale: Annotated[Optional[float], typer.Option(help="finetune: probability of a random resolution drop "
-                                                       "(shrink, enlarge back), so sharpness stops telling the "
-                                                       "image's source \\[default: 0].")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (e.g. a previous "
-                                                   "RUN_DIR/config.toml); flags override it.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue a killed fine-tuning run from RUN_DIR's last "
-                                                   "checkpoint (uses RUN_DIR/config.toml).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-) -> None:
-    """Train a classifier on an image folder and evaluate it on a held-out test split.
-
-    --strategy linear trains a linear classifier on cached CNN codes; --strategy finetune trains the top
-    of the network with a new head. Every option can be set in a TOML file (--config).
-    """
+def _run_fit(cfg, *, resume: bool, quiet: bool) -> None:  # noqa: ANN001
     from headstart.fit import fit as run_fit
 
-    overrides = _given(out=str(out) if out else None, strategy=strategy, model=model)
-    overrides["data"] = _given(path=str(data) if data else None, val_fraction=val_fraction,
-                               test_fraction=test_fraction, seed=seed)
-    overrides["engine"] = _given(backend=backend, batch_size=_batch_size(batch_size),
-                                 cache_dir=str(cache_dir) if cache_dir else None)
-    overrides["linear"] = _given(layer=layer, head=head, C=c, class_weight=class_weight, cv_folds=cv_folds)
-    overrides["finetune"] = _given(freeze=freeze, freeze_bn=freeze_bn, head_init=head_init, epochs=epochs,
-                                   label_smoothing=label_smoothing, dropout=dropout, drop_path=drop_path, ema=ema,
-                                   patience=patience, snapshots=snapshots, tta=tta,
-                                   ema_warmup=ema_warmup, wise_ft=wise_ft)
-    overrides["finetune"]["optim"] = _given(name=optimizer, lr=lr, backbone_lr_mult=backbone_lr_mult,
-                                            weight_decay=weight_decay, layer_decay=layer_decay, l1=l1)
-    overrides["finetune"]["schedule"] = _given(name=schedule, warmup_epochs=warmup)
-    aug: dict = {}
-    if augment is not None:  # --no-augment turns every randomisation off, including any from --config
-        aug = {"hflip": True, "crop": "rrc"} if augment else {"hflip": False, "crop": "center", "brightness": 0.0,
-                                                             "contrast": 0.0, "saturation": 0.0, "pca_lighting": 0.0,
-                                                             "downscale": 0.0}
-    if color_jitter is not None:
-        aug |= {"brightness": color_jitter, "contrast": color_jitter, "saturation": color_jitter}
-    overrides["finetune"]["augment"] = aug | _given(crop=crop, pca_lighting=pca_lighting, downscale=downscale)
-    if resume is not None:
-        config = config or resume / "config.toml"
-        overrides["out"] = str(resume)
-    cfg = _fit_config(config, overrides)
-    metrics = run_fit(cfg, progress=not quiet, resume=resume is not None)
-    _report(metrics, cfg.out)
+    _print_summary(run_fit(cfg, progress=not quiet, resume=resume), cfg.out)
+
+
+app.command("fit")(fit_command(_run_fit))
 
 
 @app.command()
@@ -333,19 +200,15 @@ def demo(
     cfg = FitConfig(out=str(run_dir), strategy="linear", data=DataConfig(path=str(data)),
                     engine=EngineConfig(cache_dir=str(workdir / "cache")), linear=LinearConfig(layer="auto"))
     console.print(f"demo: scikit-learn digits (1797 scans, 10 classes) written to {data}/", highlight=False)
-    metrics = run_fit(cfg, progress=not quiet)
-    _report(metrics, run_dir)
+    _print_summary(run_fit(cfg, progress=not quiet), run_dir)
     console.print(f"demo finished in {time.perf_counter() - t0:.1f}s", highlight=False)
 
 
-def _report(metrics: dict, run_dir: str | Path) -> None:
-    """Print the run's summary and save it as RUN_DIR/summary.txt."""
+def _print_summary(metrics: dict, run_dir: str | Path) -> None:
+    """Print the run's summary (``fit`` saved the same text as RUN_DIR/summary.txt)."""
     from headstart.evaluate.report import summary_text
-    from headstart.fit.rundir import RunDir
 
-    text = summary_text(metrics, run_dir)
-    RunDir(run_dir).write_text("summary.txt", text + "\n")
-    console.print(escape(text), highlight=False)
+    console.print(escape(summary_text(metrics, run_dir)), highlight=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

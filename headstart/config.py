@@ -1,24 +1,29 @@
 """Run configuration: frozen dataclasses, one section per pipeline stage, TOML in and out.
 
-The CLI only fills these; ``RUN_DIR/config.toml`` is the fully resolved configuration and
-``headstart fit --config RUN_DIR/config.toml`` reproduces the run.
+Every option is declared once, as a field with its default, help text, valid range and flag
+(``headstart.settings.setting``): ``FitConfig()``, the TOML file, ``headstart fit``'s flags and their
+``--help`` all derive from that declaration. Values are checked when a config is built, and
+``FitConfig.validate`` checks what involves several options or the model, before any image is read.
+``RUN_DIR/config.toml`` is the fully resolved configuration; ``headstart fit --config RUN_DIR/config.toml``
+reproduces the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from headstart.data.augment import AugmentConfig
+from headstart.engine import BACKENDS
 from headstart.train.optim import OptimConfig
 from headstart.train.schedules import ScheduleConfig
 
 from headstart.errors import ConfigError
+from headstart.settings import check_settings, setting
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,98 +33,126 @@ else:  # pragma: no cover
 STRATEGIES = ("linear", "finetune")
 HEAD_INITS = ("probe", "random")
 HEADS = ("softmax", "svm")
+TTA_MODES = ("none", "flip", "10crop", "multiscale")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    path: str = ""
-    test_fraction: float = 0.2  # only used when the folder has no test split
-    val_fraction: float = 0.15  # carved from train when the folder has no val split (0 → cross-validation)
-    seed: int = 0
+    path: str = setting("", help="image folder: DATA/<class>/<images> or DATA/{train,val,test}/<class>/<images>")
+    test_fraction: float = setting(0.2, ge=0, lt=1, flag="--test-fraction",
+                                   help="test share split off when the folder has no test split")
+    val_fraction: float = setting(0.15, ge=0, lt=1, flag="--val-fraction", help="validation share carved from "
+                                  "train when the folder has no val split; 0 = cross-validation (linear) or no "
+                                  "early stopping (finetune)")
+    seed: int = setting(0, ge=0, flag="--seed", help="seed for splits and training")
+
+    def __post_init__(self) -> None:
+        check_settings(self, "data")
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    backend: str = "auto"  # auto | openvino | onnxruntime | torch
-    batch_size: int = 32  # 0 = auto: extraction starts at 64 and halves on out-of-memory (--batch-size auto)
-    cache_dir: str = ""  # "" → $HEADSTART_CACHE or ~/.cache/headstart/features
+    backend: str = setting("auto", choices=BACKENDS, flag="--backend", help="inference engine of frozen networks")
+    batch_size: int = setting(32, ge=0, flag="--batch-size", help="images per batch, or auto (0 in the config): "
+                              "extraction starts at 64 and halves on out-of-memory; fine-tuning then trains with 32")
+    cache_dir: str = setting("", flag="--cache-dir", help="folder of the feature cache; empty: "
+                             "$HEADSTART_CACHE/features, else ~/.cache/headstart/features")
+
+    def __post_init__(self) -> None:
+        check_settings(self, "engine")
 
 
 @dataclass(frozen=True)
 class LinearConfig:
-    layer: str = "pooled"  # a tap, a comma-separated list of taps (codes concatenated), or "auto"
-    head: str = "softmax"  # softmax | svm
-    C: float = 0.0  # 0 → choose by a log-spaced sweep on the validation split
-    class_weight: str = ""  # "" | "balanced"
-    standardize: bool = True
-    cv_folds: int = 5  # used when val_fraction == 0 and the folder has no val split
+    layer: str = setting("pooled", flag="--layer", help="tap for the codes: a stage name, several joined by "
+                         "commas (concatenated), or auto (compare on validation)")
+    head: str = setting("softmax", choices=HEADS, flag="--head", help="linear classifier")
+    C: float = setting(0.0, ge=0, flag="--C", help="inverse L2 strength; 0 = choose by a log-spaced sweep on "
+                       "validation")
+    class_weight: str = setting("", choices=("", "balanced"), flag="--class-weight",
+                                help="'balanced' to reweight rare classes")
+    standardize: bool = setting(True, flag="--standardize", help="standardise the codes before the head")
+    cv_folds: int = setting(5, ge=2, flag="--cv-folds", help="folds for choosing C/layer when there is no "
+                            "validation split")
+
+    def __post_init__(self) -> None:
+        check_settings(self, "linear")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    freeze: int = 5  # first K stages frozen (lr 0, BN statistics fixed); 0 fine-tunes everything
-    # BatchNorm of the trainable stages in inference mode too (running statistics fixed). On by default:
-    # with batch statistics, features shift away from those the probe head was fitted on (measured on
-    # brain_mri: first-epoch val loss 2.37 instead of 0.34); turn off for large datasets far from ImageNet.
-    freeze_bn: bool = True
-    head_init: str = "probe"  # probe: start the new head from a linear probe on the codes (LP-FT); random
-    epochs: int = 10
-    label_smoothing: float = 0.1
-    dropout: float = 0.2  # before the head
-    drop_path: float = 0.0  # stochastic depth of the trainable blocks
-    ema: float = 0.0  # EMA/Polyak decay of the weights, e.g. 0.999; 0 = off
-    ema_warmup: bool = True  # EMA decay min(ema, (1+t)/(10+t)) at step t (TF/timm); off: ema from the first step
-    patience: int = 5  # early stopping on validation loss; the best epoch's weights are kept
-    # WiSE-FT: final weights (1 - wise_ft)·start + wise_ft·fine-tuned, start = pretrained + probe head;
-    # 1 = off. 0.5 (the paper's default) trades in-distribution accuracy for robustness to a shift.
-    wise_ft: float = 1.0
-    snapshots: bool = False  # snapshot ensemble at the schedule's cycle ends (use schedule.name = "sgdr")
-    tta: str = "none"  # none | flip | 10crop | multiscale
-    bf16: bool = False
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01))
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", warmup_epochs=1.0))
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=True, crop="rrc", rrc_scale=(0.35, 1.0)))
+    freeze: int = setting(5, ge=0, flag="--freeze", help="finetune: first K stages frozen (lr 0, BN statistics "
+                          "fixed); 0 fine-tunes everything")
+    # On by default: with batch statistics, features shift away from those the probe head was fitted on
+    # (measured on brain_mri: first-epoch val loss 2.37 instead of 0.34).
+    freeze_bn: bool = setting(True, flag="--freeze-bn", help="finetune: BatchNorm statistics of the trainable "
+                              "stages fixed too; turn off for large datasets far from ImageNet")
+    head_init: str = setting("probe", choices=HEAD_INITS, flag="--head-init", help="finetune: start the new head "
+                             "from a linear probe on the codes (LP-FT), or random")
+    epochs: int = setting(10, ge=1, flag="--epochs", help="finetune: epochs")
+    label_smoothing: float = setting(0.1, ge=0, lt=1, flag="--label-smoothing", help="finetune: label smoothing")
+    dropout: float = setting(0.2, ge=0, lt=1, flag="--dropout", help="finetune: dropout before the head")
+    drop_path: float = setting(0.0, ge=0, lt=1, flag="--drop-path",
+                               help="finetune: stochastic depth of the trainable blocks")
+    ema: float = setting(0.0, ge=0, lt=1, flag="--ema", help="finetune: EMA/Polyak decay of the weights, "
+                         "e.g. 0.999; 0 = off")
+    ema_warmup: bool = setting(True, flag="--ema-warmup", help="finetune: EMA decay min(ema, (1+t)/(10+t)) at "
+                               "step t (TF/timm), so the first steps' weights fade out")
+    patience: int = setting(5, ge=1, flag="--patience", help="finetune: early stopping after this many epochs "
+                            "without a better val loss; the best epoch's weights are kept")
+    wise_ft: float = setting(1.0, ge=0, le=1, flag="--wise-ft", help="finetune: WiSE-FT, final weights "
+                             "ALPHA x fine-tuned + (1 - ALPHA) x the LP-FT start, for robustness to a "
+                             "distribution shift, e.g. 0.5; 1 = off")
+    snapshots: bool = setting(False, flag="--snapshots", help="finetune: snapshot ensemble of the weights at "
+                              "the ends of the sgdr schedule's cycles, all kept in the bundle and averaged")
+    tta: str = setting("none", choices=TTA_MODES, flag="--tta", help="finetune: test-time augmentation")
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        check_settings(self, "finetune")
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    out: str = ""
-    strategy: str = "linear"
-    model: str = "efficientnet_lite0"
+    out: str = setting("", flag=("--out", "-o"), help="run directory to write")
+    strategy: str = setting("linear", choices=STRATEGIES, flag="--strategy", help="linear (CNN codes + a "
+                            "linear classifier) or finetune")
+    model: str = setting("efficientnet_lite0", flag=("--model", "-m"), help="backbone from `headstart models`")
     data: DataConfig = field(default_factory=DataConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
+    def __post_init__(self) -> None:
+        check_settings(self, "")
+
     def validate(self) -> FitConfig:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
-        if self.linear.head not in HEADS:
-            raise ConfigError(f"linear.head must be one of {', '.join(HEADS)}; got {self.linear.head!r}")
-        if self.linear.class_weight not in ("", "balanced"):
-            raise ConfigError(f"linear.class_weight must be '' or 'balanced'; got {self.linear.class_weight!r}")
-        if self.linear.C < 0:
-            raise ConfigError(f"linear.C must be > 0 (or 0 to sweep); got {self.linear.C}")
-        for name in ("test_fraction", "val_fraction"):
-            v = getattr(self.data, name)
-            if not 0.0 <= v < 1.0:
-                raise ConfigError(f"data.{name} must be in [0, 1); got {v}")
-        if self.engine.batch_size < 0:
-            raise ConfigError(f"engine.batch_size must be >= 1, or 0 for auto; got {self.engine.batch_size}")
+        """Checks that involve several options or the model, run before any image is read."""
+        from headstart.models import model_entry  # lazy: the registry imports torch
+
+        entry = model_entry(self.model)  # an unknown name lists the known ones
         ft = self.finetune
-        if ft.head_init not in HEAD_INITS:
-            raise ConfigError(f"finetune.head_init must be one of {', '.join(HEAD_INITS)}; got {ft.head_init!r}")
-        if ft.tta not in ("none", "flip", "10crop", "multiscale"):
-            raise ConfigError(f"finetune.tta must be none, flip, 10crop or multiscale; got {ft.tta!r}")
-        if ft.epochs < 1 or ft.freeze < 0:
-            raise ConfigError(f"finetune.epochs must be >= 1 and finetune.freeze >= 0; got {ft.epochs}, {ft.freeze}")
-        if not 0.0 <= ft.ema < 1.0:
-            raise ConfigError(f"finetune.ema must be in [0, 1); got {ft.ema}")
-        if not 0.0 <= ft.wise_ft <= 1.0:
-            raise ConfigError(f"finetune.wise_ft must be in [0, 1] (1 = off); got {ft.wise_ft}")
         if ft.wise_ft < 1.0 and (ft.head_init != "probe" or ft.snapshots):
             raise ConfigError("finetune.wise_ft averages the fine-tuned weights with the LP-FT start (pretrained "
                               "backbone + probe head): it needs head_init = probe and no snapshots")
+        if ft.snapshots and ft.schedule.name != "sgdr":
+            raise ConfigError("finetune.snapshots takes the weights at the ends of warm-restart cycles: it needs "
+                              f"finetune.schedule.name = 'sgdr' (--schedule sgdr); got {ft.schedule.name!r}")
+        if ft.schedule.warmup_epochs > ft.epochs:
+            raise ConfigError(f"finetune.schedule.warmup_epochs must be <= finetune.epochs ({ft.epochs}); got "
+                              f"{ft.schedule.warmup_epochs:g} (--warmup)")
+        stages, taps = _stages_and_taps(entry.name)
+        if self.strategy == "finetune" and ft.freeze > len(stages):
+            raise ConfigError(f"finetune.freeze must be <= {len(stages)}, the number of stages of {self.model} "
+                              f"({', '.join(stages)}); got {ft.freeze} (--freeze)")
+        layers = [t.strip() for t in self.linear.layer.split(",")]
+        unknown = [t for t in layers if t not in taps] if self.strategy == "linear" and self.linear.layer != "auto" \
+            else []
+        if unknown:
+            raise ConfigError(f"linear.layer must be auto or taps of {self.model} joined by commas "
+                              f"({', '.join(taps)}); got {self.linear.layer!r} (--layer)")
         if not self.data.path:
             raise ConfigError("no dataset: pass DATA (a folder of class subfolders) or set data.path in the config")
         if not self.out:
@@ -127,59 +160,52 @@ class FitConfig:
         return self
 
 
+@functools.lru_cache(maxsize=None)
+def _stages_and_taps(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from headstart.models import model_entry
+
+    net = model_entry(model).build()
+    return tuple(net.stages.keys()), tuple(net.tap_names)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, d: dict[str, Any], where: str = "") -> Any:
-    """Build a (nested) config dataclass from a dict; unknown keys and wrong types are errors."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(d) - set(known))
+def from_dict(cls: type, d: dict[str, Any], where: str = "", base: Any = None) -> Any:
+    """Build a (nested) config dataclass from a dict, every value on top of ``base`` (default: ``cls()``),
+    so a section given in part keeps its other defaults; unknown keys and wrong types are errors."""
+    base = cls() if base is None else base
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
     if unknown:
-        raise ConfigError(f"unknown option {where}{unknown[0]!r}; valid options{(' in [' + where.rstrip('.') + ']') if where else ''}: "
-                          f"{', '.join(known)}")
+        raise ConfigError(f"unknown option {where}{unknown[0]}; valid options"
+                          f"{(' in [' + where.rstrip('.') + ']') if where else ''}: {', '.join(sorted(known))}")
     kwargs: dict[str, Any] = {}
-    defaults = cls()
     for name, value in d.items():
-        default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default):
+        current = getattr(base, name)
+        if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"[{where}{name}] must be a table of options")
-            kwargs[name] = from_dict(type(default), value, f"{where}{name}.")
+            kwargs[name] = from_dict(type(current), value, f"{where}{name}.", current)
         else:
-            kwargs[name] = _coerce(value, default, f"{where}{name}")
+            kwargs[name] = value
     try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:  # the stage configs validate themselves
+        return dataclasses.replace(base, **kwargs)
+    except (ValueError, TypeError) as e:
         raise ConfigError(f"[{where.rstrip('.') or 'config'}] {e}") from None
-
-
-def _coerce(value: Any, default: Any, name: str) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false; got {value!r}")
-        return value
-    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, tuple) and isinstance(value, (list, tuple)) and len(value) == len(default):
-        return tuple(_coerce(v, d, name) for v, d in zip(value, default))
-    if isinstance(default, type(value)) or type(default) is type(value):
-        return value
-    raise ConfigError(f"{name} must be a {type(default).__name__}; got {value!r}")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+    try:  # utf-8-sig: a byte-order mark (Windows editors) is not part of the TOML
+        return tomllib.loads(p.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}") from None
-
-
-def save_toml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(tomli_w.dumps(to_dict(cfg)), encoding="utf-8")
 
 
 def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

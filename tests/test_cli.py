@@ -47,7 +47,14 @@ def test_predict_json_on_real_photos(sample_photos: dict[str, Path], capsys: pyt
     assert set(rows) == {"chelsea", "coffee"}
     assert rows["chelsea"][0]["label"] in CATS
     assert COFFEE & {t["label"] for t in rows["coffee"]}
-    assert all(len(t) == 5 and abs(sum(x["prob"] for x in t) - 1) < 0.2 for t in rows.values())
+    for top in rows.values():  # the five largest of 1000 probabilities: descending, in (0, 1], summing to <= 1
+        probs = [x["prob"] for x in top]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < probs[-1] and sum(probs) <= 1 + 1e-6
+    code, out, err = run_cli(capsys, monkeypatch, "predict", str(sample_photos["chelsea"]), "--json", "--top-k", "1000")
+    (row,) = map(json.loads, out.strip().splitlines())
+    assert code == 0 and len(row["top"]) == 1000  # all of them: a distribution
+    assert sum(x["prob"] for x in row["top"]) == pytest.approx(1.0, abs=1e-4)
+    assert row["top"][0] == rows["chelsea"][0]
 
 
 def test_predict_reports_corrupt_file_and_continues(sample_photos: dict[str, Path], tmp_path: Path,

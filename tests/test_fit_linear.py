@@ -54,14 +54,14 @@ def test_metrics_contract_and_bundle_round_trip(split_folder: Path, tmp_path: Pa
 
 def test_config_file_reproduces_and_flags_override(split_folder: Path, tmp_path: Path) -> None:
     first = fit(_cfg(split_folder, tmp_path / "r1", tmp_path / "cache", layer="stage2"), progress=False)
-    from headstart.cli import _fit_config
+    from headstart.cli_fit import fit_config
 
-    cfg = _fit_config(tmp_path / "r1" / "config.toml", {"out": str(tmp_path / "r2")})
+    cfg = fit_config(tmp_path / "r1" / "config.toml", {"out": str(tmp_path / "r2")})
     assert cfg.linear.layer == "stage2" and cfg.model == "tiny_test"
     second = fit(cfg, progress=False)
     first.pop("timing"), second.pop("timing")
     assert first == second
-    assert _fit_config(tmp_path / "r1" / "config.toml", {"linear": {"layer": "pooled"}}).linear.layer == "pooled"
+    assert fit_config(tmp_path / "r1" / "config.toml", {"linear": {"layer": "pooled"}}).linear.layer == "pooled"
 
 
 def test_reported_split_never_influences_choices(split_folder: Path, tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_bad_input_is_one_actionable_line(case: str, tmp_path: Path, capsys: pyt
     args = ["fit", str(data), "--out", str(tmp_path / "run"), "--model", "tiny_test", "-q",
             "--cache-dir", str(tmp_path / "cache")]
     expect = {"empty_class": "empty", "single_class": "2 classes", "too_few_for_folds": "fold",
-              "missing": "does not exist", "unknown_tap": "choose from", "unknown_model": "Known models"}[case]
+              "missing": "does not exist", "unknown_tap": "linear.layer must be auto or taps of tiny_test", "unknown_model": "Known models"}[case]
     if case == "empty_class":
         (data / "empty").mkdir()
     elif case == "single_class":

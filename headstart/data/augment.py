@@ -23,6 +23,7 @@ from headstart.data.decode import decode_image
 from headstart.data.transforms import EvalTransform, _resample, center_crop, resize_short_side
 from headstart.errors import ConfigError, DatasetError, DecodeError
 from headstart.models.spec import PreprocessSpec
+from headstart.settings import check_settings, setting
 
 __all__ = ["AugmentConfig", "PcaLighting", "TrainTransform", "compute_pca_lighting"]
 
@@ -48,21 +49,24 @@ class AugmentConfig:
     (True, False)
     """
 
-    hflip: bool = True
-    crop: str = "rrc"
-    rrc_scale: tuple[float, float] = (0.25, 1.0)
-    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    jitter_range: tuple[float, float] = (1.0, 1.75)
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    pca_lighting: float = 0.0
-    downscale: float = 0.0
-    downscale_range: tuple[float, float] = (0.35, 0.9)
+    hflip: bool = setting(True, flag="--hflip", help="finetune: random horizontal flips")
+    crop: str = setting("rrc", choices=CROPS, flag="--crop", help="finetune: training crop rrc (random "
+                        "resized), scale_jitter (ResNet short-side jitter) or center")
+    rrc_scale: tuple[float, float] = setting((0.35, 1.0), help="rrc: range of the crop's share of the image area")
+    rrc_ratio: tuple[float, float] = setting((3 / 4, 4 / 3), help="rrc: range of the crop's aspect ratio")
+    jitter_range: tuple[float, float] = setting((1.0, 1.75), help="scale_jitter: short side range, x input size")
+    brightness: float = setting(0.0, ge=0, help="colour jitter: brightness factor in 1 +- this (--color-jitter)")
+    contrast: float = setting(0.0, ge=0, help="colour jitter: contrast factor in 1 +- this (--color-jitter)")
+    saturation: float = setting(0.0, ge=0, help="colour jitter: saturation factor in 1 +- this (--color-jitter)")
+    pca_lighting: float = setting(0.0, ge=0, flag="--pca-lighting", help="finetune: AlexNet PCA colour "
+                                  "augmentation, std of the coefficients, e.g. 0.1")
+    downscale: float = setting(0.0, ge=0, le=1, flag="--downscale", help="finetune: probability of a random "
+                               "resolution drop (shrink, enlarge back), so sharpness stops telling the image's "
+                               "source")
+    downscale_range: tuple[float, float] = setting((0.35, 0.9), help="downscale: side range, x input size")
 
     def __post_init__(self) -> None:
-        if self.crop not in CROPS:
-            raise ConfigError(f"augment crop must be one of {', '.join(CROPS)}; got {self.crop!r}")
+        check_settings(self, "finetune.augment")
         for name, lo_min, hi_max in (("rrc_scale", 0.0, 1.0), ("rrc_ratio", 0.0, math.inf),
                                      ("jitter_range", 1.0, math.inf), ("downscale_range", 0.0, 1.0)):
             value = getattr(self, name)
@@ -75,14 +79,9 @@ class AugmentConfig:
             if not (lo_ok and pair[0] <= pair[1] <= hi_max):
                 bound = ">= 1" if name == "jitter_range" else f"> {lo_min:g}"
                 top = f" <= {hi_max:g}" if hi_max < math.inf else ""
-                raise ConfigError(f"augment {name} must be a pair lo <= hi with lo {bound}{top}; got {value!r}")
+                raise ConfigError(f"finetune.augment.{name} must be a pair lo <= hi with lo {bound}{top}; "
+                                  f"got {value!r}")
             object.__setattr__(self, name, pair)  # lists from TOML/JSON become tuples
-        for name in ("brightness", "contrast", "saturation", "pca_lighting"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v < math.inf):
-                raise ConfigError(f"augment {name} must be a number >= 0; got {v!r}")
-        if not (isinstance(self.downscale, (int, float)) and 0.0 <= self.downscale <= 1.0):
-            raise ConfigError(f"augment downscale is a probability in [0, 1]; got {self.downscale!r}")
 
     @property
     def enabled(self) -> bool:

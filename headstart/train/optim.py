@@ -17,6 +17,7 @@ from torch import nn
 
 from headstart.errors import ConfigError
 from headstart.models.base import Backbone
+from headstart.settings import check_settings, setting
 
 __all__ = ["OPTIMIZERS", "OptimConfig", "build_optimizer", "build_param_groups", "l1_penalty"]
 
@@ -37,34 +38,33 @@ class OptimConfig:
     0.9
     """
 
-    name: str = "adamw"
-    lr: float = 1e-3
-    backbone_lr_mult: float = 0.1
-    layer_decay: float = 1.0
-    weight_decay: float = 1e-4
-    l1: float = 0.0
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    name: str = setting("adamw", choices=OPTIMIZERS, flag="--optimizer", help="finetune optimiser")
+    lr: float = setting(1e-3, gt=0, flag="--lr", help="finetune: learning rate of the new head; pretrained "
+                        "layers get lr x backbone-lr-mult")
+    backbone_lr_mult: float = setting(0.1, ge=0, flag="--backbone-lr-mult",
+                                      help="finetune: the pretrained layers' share of the head's learning rate")
+    layer_decay: float = setting(1.0, gt=0, le=1, flag="--layer-decay", help="finetune: LR x this per stage "
+                                 "below the last trainable one (1 = off)")
+    weight_decay: float = setting(0.01, ge=0, flag="--weight-decay", help="finetune: weight decay (decoupled "
+                                  "for adamw, L2 in the gradient for the others)")
+    l1: float = setting(0.0, ge=0, flag="--l1", help="finetune: L1 strength added to the loss (with "
+                        "--weight-decay: elastic net)")
+    momentum: float = setting(0.9, ge=0, lt=1, help="momentum of sgd/momentum/nesterov/rmsprop")
+    betas: tuple[float, float] = setting((0.9, 0.999), help="Adam's betas, two numbers in [0, 1)")
+    eps: float = setting(1e-8, gt=0, help="the optimiser's epsilon")
 
     def __post_init__(self) -> None:
-        name = str(self.name).lower()
-        if name not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}")
-        object.__setattr__(self, "name", name)
-        checks = (("lr", self.lr > 0, "> 0"), ("backbone_lr_mult", self.backbone_lr_mult >= 0, ">= 0"),
-                  ("layer_decay", 0 < self.layer_decay <= 1, "in (0, 1]"),
-                  ("weight_decay", self.weight_decay >= 0, ">= 0"), ("l1", self.l1 >= 0, ">= 0"),
-                  ("momentum", 0 <= self.momentum < 1, "in [0, 1)"), ("eps", self.eps > 0, "> 0"))
-        for field, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"optimizer {field} must be {rule}; got {getattr(self, field)!r}")
-        betas = tuple(float(b) for b in self.betas)
+        object.__setattr__(self, "name", str(self.name).lower())
+        check_settings(self, "finetune.optim")
+        try:
+            betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            betas = ()
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ConfigError(f"optimizer betas must be two numbers in [0, 1); got {self.betas!r}")
+            raise ConfigError(f"finetune.optim.betas must be two numbers in [0, 1); got {self.betas!r}")
         object.__setattr__(self, "betas", betas)
-        if name == "nesterov" and self.momentum == 0:
-            raise ConfigError("optimizer nesterov needs momentum > 0; got momentum=0")
+        if self.name == "nesterov" and self.momentum == 0:
+            raise ConfigError("finetune.optim.momentum must be > 0 with the nesterov optimizer; got 0")
 
 
 def build_param_groups(model: Backbone, cfg: OptimConfig, *, freeze: int = 0) -> list[dict[str, Any]]:

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from headstart.errors import ConfigError
+from headstart.settings import check_settings, setting
 
-__all__ = ["SCHEDULES", "LRSchedule", "ScheduleConfig", "lr_sequence"]
+__all__ = ["SCHEDULES", "LRSchedule", "ScheduleConfig", "cycle_ends", "lr_sequence"]
 
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "sgdr", "plateau")
 _PLATEAU_THRESHOLD = 1e-4  # relative improvement that counts, torch's default
@@ -41,30 +42,20 @@ class ScheduleConfig:
     0.1
     """
 
-    name: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_size: int = 10
-    gamma: float = 0.1
-    decay: float = 0.1
-    min_lr_ratio: float = 0.0
-    t0: int = 10
-    t_mult: int = 1
-    plateau_patience: int = 3
-    plateau_factor: float = 0.1
+    name: str = setting("cosine", choices=SCHEDULES, flag="--schedule", help="finetune: learning-rate schedule")
+    warmup_epochs: float = setting(1.0, ge=0, flag="--warmup", help="finetune: linear warm-up epochs")
+    step_size: int = setting(10, ge=1, help="step: epochs between LR drops")
+    gamma: float = setting(0.1, gt=0, le=1, help="step: factor of each LR drop")
+    decay: float = setting(0.1, ge=0, help="exponential / inverse_time: decay rate per epoch")
+    min_lr_ratio: float = setting(0.0, ge=0, le=1, help="cosine/sgdr: final LR as a share of the peak")
+    t0: int = setting(10, ge=1, flag="--t0", help="sgdr: epochs of the first cycle (warm restarts)")
+    t_mult: int = setting(1, ge=1, help="sgdr: each cycle this many times longer than the last")
+    plateau_patience: int = setting(3, ge=0, help="plateau: epochs without improvement before a drop")
+    plateau_factor: float = setting(0.1, gt=0, lt=1, help="plateau: factor of each LR drop")
 
     def __post_init__(self) -> None:
-        name = str(self.name).lower()
-        if name not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.name!r}")
-        object.__setattr__(self, "name", name)
-        checks = (("warmup_epochs", self.warmup_epochs >= 0, ">= 0"), ("step_size", self.step_size >= 1, ">= 1"),
-                  ("gamma", 0 < self.gamma <= 1, "in (0, 1]"), ("decay", self.decay >= 0, ">= 0"),
-                  ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"), ("t0", self.t0 >= 1, ">= 1"),
-                  ("t_mult", self.t_mult >= 1, ">= 1"), ("plateau_patience", self.plateau_patience >= 0, ">= 0"),
-                  ("plateau_factor", 0 < self.plateau_factor < 1, "in (0, 1)"))
-        for field, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"schedule {field} must be {rule}; got {getattr(self, field)!r}")
+        object.__setattr__(self, "name", str(self.name).lower())
+        check_settings(self, "finetune.schedule")
 
 
 class LRSchedule:
@@ -123,18 +114,8 @@ class LRSchedule:
         return f
 
     def cycle_ends(self) -> list[int]:
-        """Epoch counts at which an SGDR cycle ends (snapshot-ensemble points); [] for other schedules.
-
-        ``e`` in the list means "after ``e`` completed epochs", i.e. at the end of 0-based epoch ``e-1``.
-        """
-        if self.cfg.name != "sgdr":
-            return []
-        ends, end, length = [], 0, self.cfg.t0
-        while end + length <= self.epochs:
-            end += length
-            ends.append(end)
-            length *= self.cfg.t_mult
-        return ends
+        """Epoch counts at which an SGDR cycle ends (snapshot-ensemble points); [] for other schedules."""
+        return cycle_ends(self.cfg, self.epochs)
 
     # -- driving the optimiser ----------------------------------------------------------------------------
     def step(self) -> None:
@@ -186,10 +167,28 @@ class LRSchedule:
         self._apply()
 
 
+def cycle_ends(cfg: ScheduleConfig, epochs: int) -> list[int]:
+    """Epoch counts at which an SGDR cycle ends (snapshot-ensemble points); [] for other schedules.
+
+    ``e`` in the list means "after ``e`` completed epochs", i.e. at the end of 0-based epoch ``e-1``.
+
+    >>> cycle_ends(ScheduleConfig(name="sgdr", t0=2, t_mult=2), 7)
+    [2, 6]
+    """
+    if cfg.name != "sgdr":
+        return []
+    ends, end, length = [], 0, cfg.t0
+    while end + length <= epochs:
+        end += length
+        ends.append(end)
+        length *= cfg.t_mult
+    return ends
+
+
 def lr_sequence(cfg: ScheduleConfig, epochs: int, steps_per_epoch: int) -> np.ndarray:
     """The LR factor of every optimiser step of a run (no plateau reductions), for tests and plots.
 
-    >>> lr_sequence(ScheduleConfig(name="cosine"), 2, 2).round(3).tolist()
+    >>> lr_sequence(ScheduleConfig(name="cosine", warmup_epochs=0), 2, 2).round(3).tolist()
     [1.0, 0.854, 0.5, 0.146]
     """
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
