@@ -2,13 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Where pip finds torch. Empty: the configured index (here it holds the CPU build of torch 2.13.0). On a
+# machine whose index serves PyPI's Linux wheels, which are CUDA builds of several GB, pass
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the CPU build.
+TORCH_INDEX ?=
 
 .PHONY: demo test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch==2.13.0 is pinned in pyproject.toml: this takes the CPU build, never the CUDA wheels.
+	# torch first, alone, so that TORCH_INDEX applies to it only; pyproject.toml pins the same version.
+	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test,zoo]'
 	touch $@
 

@@ -1,4 +1,4 @@
-"""The uniform backbone API every zoo entry implements (see DESIGN.md "Contracts")."""
+"""The uniform backbone API every zoo entry implements: stages, taps, preprocessing spec, parameter groups."""
 
 from __future__ import annotations
 
