@@ -16,7 +16,7 @@ from pathlib import Path
 
 from headstart.config import FitConfig, from_dict, load_toml
 from headstart.fit.codes import SPLIT_IDS, extract_dataset
-from headstart.fit.linear import make_head, select
+from headstart.fit.probe import make_head, select
 from headstart.fit.rundir import open_dataset
 from headstart.models import POOLED, create_model
 

@@ -191,7 +191,8 @@ def _finetuned_predictor(meta: dict[str, Any], arrays: dict[str, np.ndarray], we
     try:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True)
     except RuntimeError as e:
-        raise BundleError(f"weights do not fit {meta['model']} ({str(e).splitlines()[0]}); the bundle is damaged") from None
+        raise BundleError(f"weights do not fit {meta['model']} ({str(e).splitlines()[0]}); "
+                          "the bundle is damaged") from None
     model.weights_id = weights_id
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     return Predictor(model.eval(), spec, meta["classes"], lambda outs: softmax(outs[0], axis=1), backend=backend)
@@ -208,9 +209,11 @@ def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{meta_file} is not valid JSON ({e}); the bundle is damaged, re-run `headstart fit`") from None
+        raise BundleError(f"{meta_file} is not valid JSON ({e}); the bundle is damaged, "
+                          "re-run `headstart fit`") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BundleError(f"{meta_file}: unsupported bundle format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise BundleError(f"{meta_file}: unsupported bundle format {found!r}; "
                           f"this headstart reads {FORMAT}")
     kind = meta.get("kind")
     if kind not in ("linear", "finetune"):

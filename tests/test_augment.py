@@ -67,7 +67,8 @@ def test_disabled_equals_eval_transform() -> None:
 
 def test_crops_cover_different_regions_and_draft_size() -> None:
     img = _photo(80, 60)
-    for cfg, draft in ((AugmentConfig(hflip=False, rrc_scale=(0.25, 1.0)), 64), (AugmentConfig(hflip=False, crop="scale_jitter"), 56)):
+    for cfg, draft in ((AugmentConfig(hflip=False, rrc_scale=(0.25, 1.0)), 64),
+                       (AugmentConfig(hflip=False, crop="scale_jitter"), 56)):
         t = TrainTransform(SPEC, cfg)
         assert t.draft_size == draft
         outs = [t(img, np.random.default_rng(s)) for s in range(5)]

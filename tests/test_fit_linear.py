@@ -95,7 +95,8 @@ def test_bad_input_is_one_actionable_line(case: str, tmp_path: Path, capsys: pyt
     args = ["fit", str(data), "--out", str(tmp_path / "run"), "--model", "tiny_test", "-q",
             "--cache-dir", str(tmp_path / "cache")]
     expect = {"empty_class": "empty", "single_class": "2 classes", "too_few_for_folds": "fold",
-              "missing": "does not exist", "unknown_tap": "linear.layer must be auto or taps of tiny_test", "unknown_model": "Known models"}[case]
+              "missing": "does not exist", "unknown_tap": "linear.layer must be auto or taps of tiny_test",
+              "unknown_model": "Known models"}[case]
     if case == "empty_class":
         (data / "empty").mkdir()
     elif case == "single_class":

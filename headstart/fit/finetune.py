@@ -24,7 +24,7 @@ from headstart.evaluate.curves import diagnose
 from headstart.evaluate.metrics import classification_metrics
 from headstart.heads.params import LinearParams
 from headstart.fit.codes import SPLIT_IDS, Codes, extract_dataset
-from headstart.fit.linear import make_head, select
+from headstart.fit.probe import make_head, select
 from headstart.fit.rundir import start_run
 from headstart.models import POOLED, Backbone, create_model
 from headstart.train import ImageSet, TrainResult, clone_state, cycle_ends, evaluate, train

@@ -9,50 +9,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 
 from headstart.config import FitConfig
 from headstart.evaluate.metrics import classification_metrics
-from headstart.fit.checks import check_cv_folds
-from headstart.fit.codes import SPLIT_IDS, Codes, extract_dataset
-from headstart.fit.layers import Layer, layer_name, parse_layer
+from headstart.fit.codes import SPLIT_IDS, extract_dataset
+from headstart.fit.layers import layer_name, parse_layer
+from headstart.fit.probe import make_head, select
 from headstart.fit.rundir import start_run
-from headstart.heads import LinearSVM, SoftmaxRegression, cross_val_sweep, sweep_C
 from headstart.models import create_model
-
-
-def make_head(cfg: FitConfig):  # noqa: ANN201
-    lin = cfg.linear
-    cw = lin.class_weight or None
-    if lin.head == "svm":
-        return lambda C: LinearSVM(C=C, standardize=lin.standardize, class_weight=cw)
-    return lambda C: SoftmaxRegression(C=C, standardize=lin.standardize, class_weight=cw)
-
-
-def select(codes: Codes, candidates: list[Layer], cfg: FitConfig, classes: list[str]) -> tuple[Layer, float, list[dict[str, Any]]]:
-    """Pick (layer, C) using train and val only — never the test split."""
-    make = make_head(cfg)
-    Cs = [cfg.linear.C] if cfg.linear.C > 0 else None
-    tr, va = codes.split == SPLIT_IDS["train"], codes.split == SPLIT_IDS["val"]
-    if not va.any():
-        check_cv_folds(codes.labels[tr], classes, cfg.linear.cv_folds)
-    table = []
-    for layer in candidates:
-        if va.any():
-            r = sweep_C(make, codes.X(layer, tr), codes.labels[tr], codes.X(layer, va), codes.labels[va], Cs=Cs)
-        else:
-            r = cross_val_sweep(make, codes.X(layer, tr), codes.labels[tr], n_splits=cfg.linear.cv_folds,
-                                Cs=Cs, seed=cfg.data.seed)
-        logloss = next((row[2] for row in r.table if row[0] == r.best_C), float("nan"))
-        table.append({"layer": layer_name(layer), "C": float(r.best_C), "val_accuracy": float(r.best_score),
-                      "val_log_loss": float(logloss)})
-    # Highest validation accuracy; ties (common on small val sets) go to the lower validation log-loss.
-    def rank(i: int) -> tuple[float, float]:
-        ll = table[i]["val_log_loss"]
-        return table[i]["val_accuracy"], -(ll if np.isfinite(ll) else np.inf)
-
-    best = max(range(len(candidates)), key=rank)
-    return candidates[best], table[best]["C"], table
 
 
 def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
