@@ -154,9 +154,9 @@ def fit_command(run: Callable[..., None]) -> Callable[..., None]:
     def fit(**kw: Any) -> None:
         """Train a classifier on an image folder and evaluate it on a held-out test split.
 
-        --strategy linear trains a linear classifier on cached CNN codes; --strategy finetune trains the top
-        of the network with a new head. Every option can also be set in a TOML file (--config), with the
-        names of RUN_DIR/config.toml.
+        --strategy linear: a linear classifier on cached CNN codes. --strategy finetune: a new head, the top stages trained.
+
+        Every option can also be set in a TOML file (--config) under the names of RUN_DIR/config.toml.
         """
         overrides, config, resume = overrides_from(kw), kw.get("config"), kw.get("resume")
         if resume is not None:
