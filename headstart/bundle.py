@@ -7,9 +7,8 @@ as ``snapshots/epoch-NNN.safetensors`` (listed under ``snapshots``); ``load`` th
 softmax. File names are fixed or must match that pattern, so nothing in a bundle can point outside it; any
 other key of ``bundle.json`` is ignored, and a tensors file that is a symlink to outside the folder is refused.
 
->>> model = load("runs/flowers")  # doctest: +SKIP
->>> model.predict(["rose.jpg"]).predictions[0].top[0]  # doctest: +SKIP
-('roses', 0.97)
+    model = load("runs/flowers")
+    model.predict(["rose.jpg"]).predictions[0].top[0]  # e.g. ('roses', 0.97)
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ from safetensors.numpy import load_file, save
 
 from headstart.engine.codes import CodesModule
 from headstart.errors import BundleError, HeadstartError, name_file
-from headstart.io import atomic_write, clean_stale_tmp, tmp_path_for
+from headstart.io import MANIFEST, atomic_write, check_sealed, clean_stale_tmp, tmp_path_for
 from headstart.features.cache import hash_file
 from headstart.heads.params import LinearParams
-from headstart.models import Backbone, PreprocessSpec, create_model
+from headstart.models import Backbone, PreprocessSpec, create_model, model_entry
 from headstart.predict import Predictor, PredictResult
 
 FORMAT = "headstart.bundle/1"
@@ -163,6 +162,43 @@ def _load_arrays(folder: Path, name: str, meta: dict[str, Any]) -> dict[str, np.
         raise BundleError(f"{file} is not a valid safetensors file ({e}); refusing to load it") from None
 
 
+def _damaged(meta_file: Path, problem: str) -> BundleError:
+    return BundleError(f"{meta_file}: {problem}; the bundle is damaged or was edited: re-run `headstart fit`")
+
+
+def _check_classes(meta_file: Path, meta: dict[str, Any]) -> None:
+    """Class names and model id, before any tensor is read: a wrong list would mislabel every prediction."""
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise _damaged(meta_file, f"classes must be a list of at least 2 names, got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise _damaged(meta_file, "classes lists a name twice")
+    try:
+        model_entry(str(meta.get("model")))
+    except HeadstartError as e:
+        raise _damaged(meta_file, str(e)) from None
+    if meta["kind"] == "finetune" and meta.get("num_classes") != len(classes):
+        raise _damaged(meta_file, f"{len(classes)} class names but the network has {meta.get('num_classes')!r} "
+                       "outputs")
+
+
+def _check_linear_head(meta_file: Path, backbone: Backbone, taps: list[str], head: LinearParams,
+                       n_classes: int) -> None:
+    """The head's shapes against the class list and the backbone's taps (one line, never an IndexError)."""
+    unknown = [t for t in taps if t not in backbone.num_features]
+    if not taps or unknown:
+        raise _damaged(meta_file, f"taps {taps!r} are not taps of {backbone.name}")
+    dim = sum(backbone.num_features[t] for t in taps)
+    rows = (1, 2) if n_classes == 2 else (n_classes,)  # a binary head may hold the positive class's row only
+    coef, intercept = np.asarray(head.coef), np.asarray(head.intercept)
+    if coef.ndim != 2 or coef.shape[1] != dim or coef.shape[0] not in rows:
+        raise _damaged(meta_file, f"the head's weights have shape {coef.shape}, but {n_classes} classes on "
+                       f"{dim} features need ({n_classes}, {dim})")
+    extra = [intercept] + ([head.calib_a, head.calib_b] if head.proba == "ovr_sigmoid" else [])
+    if any(a is None or np.asarray(a).shape != (coef.shape[0],) for a in extra):
+        raise _damaged(meta_file, f"the head's bias or calibration does not have {coef.shape[0]} entries")
+
+
 def _load_finetune(folder: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], backend: str) -> LoadedModel:
     names = meta.get("snapshots") or []
     if not isinstance(names, list) or not all(isinstance(n, str) and _SNAPSHOT_NAME.fullmatch(n) for n in names):
@@ -218,7 +254,11 @@ def load(path: str | Path, *, backend: str = "auto") -> LoadedModel:
     kind = meta.get("kind")
     if kind not in ("linear", "finetune"):
         raise BundleError(f"{meta_file}: unknown bundle kind {kind!r}; expected linear or finetune")
+    run = folder.parent if folder.name == "bundle" else None
+    if run is not None and (run / MANIFEST).is_file():  # a run's bundle: it must be that run's
+        check_sealed(run, ("bundle/bundle.json",))
     try:
+        _check_classes(meta_file, meta)
         return _load(folder, meta, kind, backend)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of the wrong type
         raise BundleError(f"{meta_file}: missing or invalid field ({type(e).__name__}: {e}); the bundle is "
@@ -236,6 +276,7 @@ def _load(folder: Path, meta: dict[str, Any], kind: str, backend: str) -> Loaded
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     head = LinearParams.from_arrays(arrays, meta["head"]["proba"])
     taps = list(meta["taps"])
+    _check_linear_head(folder / META, backbone, taps, head, len(meta["classes"]))
 
     def to_proba(outs: tuple[np.ndarray, ...]) -> np.ndarray:
         # The head was fitted on cached codes, which are float16: round live codes the same way so that

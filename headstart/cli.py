@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import json
 import sys
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from headstart.cli_advise import advise_command
 from headstart.cli_fit import _batch_size, fit_command
 from headstart.errors import HeadstartError
 
@@ -57,7 +59,8 @@ def models(
 
 @app.command()
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (scanned recursively).")],
+    paths: Annotated[list[str], typer.Argument(help="Image files and/or folders (scanned recursively).",
+                                                show_default=False)],
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", "-m", help="Zoo model name (ImageNet classes) or a run directory from `headstart fit`; "
         "repeat with several runs to average their probabilities (an ensemble of runs) "
@@ -72,6 +75,8 @@ def predict(
     from headstart.ensemble import EnsemblePredictor
     from headstart.predict import Predictor
 
+    files = _predict_paths(paths)
+
     def one(name: str) -> Predictor:
         if Path(name).is_dir():
             from headstart.bundle import load
@@ -80,7 +85,7 @@ def predict(
         return Predictor.from_zoo(name, backend=backend)
 
     predictor = EnsemblePredictor([one(m) for m in (model or ["efficientnet_lite0"])])
-    result = predictor.predict(paths, top_k=top_k, batch_size=batch_size)
+    result = predictor.predict(files, top_k=top_k, batch_size=batch_size)
     for p in result.predictions:
         if as_json:
             print(json.dumps(p.to_dict()), flush=True)
@@ -89,6 +94,18 @@ def predict(
             console.print(f"[bold]{escape(str(p.path))}[/bold]  {escape(best)}", highlight=False)
     if not result.predictions:
         raise HeadstartError("no image could be decoded; check the paths (see warnings above)")
+
+
+def _predict_paths(raw: list[str]) -> list[Path]:
+    """The paths to predict, refusing what ``Path`` would silently turn into another path: a URL
+    ("https://x" would become "https:/x", then "no such file") and "" (".", the whole current folder)."""
+    for text in raw:
+        if "://" in text and not Path(text).exists():
+            raise HeadstartError(f"{text} is a URL; predict reads local files only: download it first")
+        if not text.strip():
+            raise HeadstartError("an empty path was given; name the image files or folders to predict "
+                                 "(. for the current folder)")
+    return [Path(p) for p in raw]
 
 
 @app.command()
@@ -124,13 +141,14 @@ def evaluate(
     console.print(table)
 
 
-def _run_fit(cfg, *, resume: bool, quiet: bool) -> None:  # noqa: ANN001
+def _run_fit(cfg, *, resume: bool, quiet: bool, overwrite: bool = False) -> None:  # noqa: ANN001
     from headstart.fit import fit as run_fit
 
-    _print_summary(run_fit(cfg, progress=not quiet, resume=resume), cfg.out)
+    _print_summary(run_fit(cfg, progress=not quiet, resume=resume, overwrite=overwrite), cfg.out)
 
 
 app.command("fit")(fit_command(_run_fit))
+app.command("advise")(advise_command)
 
 
 @app.command()
@@ -230,6 +248,33 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _usage_line(e: typer._click.exceptions.UsageError, args: list[str]) -> str:
+    """A parser error as one line that says what to do: the close match of a mistyped option (only a close
+    one), and where the options are listed."""
+    ctx = e.ctx
+    where = ctx.command_path if ctx else "headstart"
+    if isinstance(e, typer._click.exceptions.NoSuchOption):
+        known = [o for p in (ctx.command.params if ctx else []) for o in (*p.opts, *p.secondary_opts)
+                 if o.startswith("-")]
+        close = difflib.get_close_matches(e.option_name, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"no such option {e.option_name} for `{where}`{hint} (`{where} --help` lists them)"
+    got = _given_value(e, args)
+    return f"{e.format_message().rstrip('.')}{got} (`{where} --help` lists the options)"
+
+
+def _given_value(e: typer._click.exceptions.UsageError, args: list[str]) -> str:
+    """``; got 'abc'``: the value the user typed for the refused option (the parser's message omits it)."""
+    opts = getattr(getattr(e, "param", None), "opts", None) or []
+    for i, a in enumerate(args):
+        for o in opts:
+            if a.startswith(o + "="):
+                return f"; got {a[len(o) + 1:]!r}"
+            if a == o and i + 1 < len(args):
+                return f"; got {args[i + 1]!r}"
+    return ""
+
+
 def main() -> None:
     """Console-script entry point: expected errors become one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
@@ -238,7 +283,19 @@ def main() -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="surrogateescape")
     try:
-        app(prog_name="headstart")
+        code = typer.main.get_command(app).main(args=sys.argv[1:], prog_name="headstart", standalone_mode=False)
+        if code == 130:  # Typer turns Ctrl-C into Exit(130) before we can see the KeyboardInterrupt
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer._click.exceptions.NoArgsIsHelpError as e:
+        if e.format_message().strip():  # rich help is printed when the error is made; plain help is its message
+            print(e.format_message())
+        sys.exit(e.exit_code)
+    except typer._click.exceptions.UsageError as e:  # a bad flag or value: one line, like every other error
+        _fail(_usage_line(e, sys.argv[1:]))
+    except typer.Abort:  # EOF at a prompt
+        _fail("aborted")
     except HeadstartError as e:
         _fail(str(e))
     except OSError as e:

@@ -97,6 +97,9 @@ _EXTRA = [
     inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         Optional[Path], typer.Option(help="Continue a killed fine-tuning run from RUN_DIR's last checkpoint "
                                      "(uses RUN_DIR/config.toml).", show_default=False)]),
+    inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run already in --out (its files are removed first); "
+                           "without it, fit refuses to write over a different run.")]),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar.")]),
 ]
@@ -149,12 +152,13 @@ def fit_config(config: Path | None, overrides: dict[str, Any]) -> FitConfig:
 
 
 def fit_command(run: Callable[..., None]) -> Callable[..., None]:
-    """``run(cfg, resume=..., quiet=...)`` wrapped as a Typer command whose options are the config's flags."""
+    """``run(cfg, resume=..., quiet=..., overwrite=...)`` as a Typer command whose options are the config's flags."""
 
     def fit(**kw: Any) -> None:
         """Train a classifier on an image folder and evaluate it on a held-out test split.
 
-        --strategy linear: a linear classifier on cached CNN codes. --strategy finetune: a new head, the top stages trained.
+        --strategy linear: a linear classifier on cached CNN codes.
+        --strategy finetune: a new head, the top stages trained.
 
         Every option can also be set in a TOML file (--config) under the names of RUN_DIR/config.toml.
         """
@@ -162,7 +166,8 @@ def fit_command(run: Callable[..., None]) -> Callable[..., None]:
         if resume is not None:
             config = config or resume / "config.toml"
             overrides["out"] = str(resume)
-        run(fit_config(config, overrides), resume=resume is not None, quiet=bool(kw.get("quiet")))
+        run(fit_config(config, overrides), resume=resume is not None, quiet=bool(kw.get("quiet")),
+            overwrite=bool(kw.get("overwrite")))
 
     params = [_EXTRA[0], *(_param(path, f) for path, f in option_fields()), *_EXTRA[1:]]
     fit.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -3,11 +3,9 @@
 Runs that differ in seed, strategy, frozen depth or backbone make different mistakes; the mean of their
 probabilities is usually better than the best member (the "ensemble of runs" of the fine-tuning craft).
 
->>> ens = load_ensemble(["runs/a", "runs/b", "runs/c"])  # doctest: +SKIP
->>> ens.predict(["scan.jpg"]).predictions[0].top[0]  # doctest: +SKIP
-('pituitary_tumor', 0.91)
->>> evaluate_runs(["runs/a", "runs/b"])["ensemble"]["accuracy"]  # doctest: +SKIP
-0.81
+    ens = load_ensemble(["runs/a", "runs/b", "runs/c"])
+    ens.predict(["scan.jpg"]).predictions[0].top[0]  # e.g. ('pituitary_tumor', 0.91)
+    evaluate_runs(["runs/a", "runs/b"])["ensemble"]["accuracy"]  # e.g. 0.81
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from headstart.bundle import LoadedModel, load
 from headstart.data import DecodeFailure, ImageFolder
 from headstart.errors import ConfigError, DatasetError, HeadstartError
 from headstart.evaluate.metrics import classification_metrics
+from headstart.io import check_sealed
 from headstart.predict import Predictor
 from headstart.train.prefix import ImageSet
 from headstart.train.tta import TTA_MODES, evaluate
@@ -73,6 +72,8 @@ def evaluate_runs(runs: Sequence[str | Path], *, data: str | Path | None = None,
         raise ConfigError("name at least one run directory")
     if tta is not None and tta not in TTA_MODES:
         raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
+    for r in runs:  # splits.json, metrics.json (its TTA) and the bundle must come from one run
+        check_sealed(r, ("config.toml", "splits.json", "metrics.json", "bundle/bundle.json"))
     records = [_split_record(Path(r)) for r in runs]
     try:
         ds = ImageFolder.from_record(records[0], root=data)

@@ -37,8 +37,8 @@ class PredictResult:
 class Predictor:
     """A frozen network plus what turns its outputs into class probabilities.
 
-    >>> p = Predictor.from_zoo("efficientnet_lite0")  # doctest: +SKIP
-    >>> p.predict(["cat.jpg"], top_k=3).predictions[0].top  # doctest: +SKIP
+        p = Predictor.from_zoo("efficientnet_lite0")
+        p.predict(["cat.jpg"], top_k=3).predictions[0].top
     [('tabby', 0.61), ('tiger cat', 0.2), ('Egyptian cat', 0.1)]
     """
 
@@ -60,7 +60,8 @@ class Predictor:
             self._engine = make_engine(self.module, (3, s, s), backend=self.backend)
         return self._engine
 
-    def predict_proba(self, paths: Sequence[Path], *, batch_size: int = 32) -> tuple[np.ndarray, list[int], list[DecodeFailure]]:
+    def predict_proba(self, paths: Sequence[Path], *,
+                      batch_size: int = 32) -> tuple[np.ndarray, list[int], list[DecodeFailure]]:
         """Class probabilities for the decodable files; returns (probs, their indices in ``paths``, failures)."""
         transform = EvalTransform(self.spec)
         loader = BatchLoader(list(paths), transform, batch_size=batch_size, draft_size=transform.draft_size)

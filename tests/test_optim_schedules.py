@@ -108,8 +108,8 @@ def test_optimizer_specifics_and_unknown_name() -> None:
 def test_l1_penalty_over_decay_params_only() -> None:
     model = create_model("tiny_test")
     groups = build_param_groups(model, OptimConfig(l1=1e-3), freeze=3)
-    expected = sum(float(p.detach().abs().sum()) for p in [*model.stages["head"].parameters(), *model.classifier.parameters()]
-                   if p.ndim > 1)
+    trained = [*model.stages["head"].parameters(), *model.classifier.parameters()]
+    expected = sum(float(p.detach().abs().sum()) for p in trained if p.ndim > 1)
     assert l1_penalty(groups).item() == pytest.approx(expected, rel=1e-5)
     assert l1_penalty(model, groups).item() == pytest.approx(expected, rel=1e-5)
     pen = l1_penalty(groups)

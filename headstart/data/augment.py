@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from headstart.data.decode import decode_image
-from headstart.data.transforms import EvalTransform, _resample, center_crop, resize_short_side
+from headstart.data.transforms import EvalTransform, _resample, resize_center_crop, resize_short_side
 from headstart.errors import ConfigError, DatasetError, DecodeError
 from headstart.models.spec import PreprocessSpec
 from headstart.settings import check_settings, setting
@@ -146,7 +146,7 @@ def compute_pca_lighting(
     Samples ``max_images`` files and ``pixels_per_image`` pixels of each (0-255 scale). Undecodable
     files are skipped; none decodable raises ``DatasetError``. Computed once per run and stored.
 
-    >>> vals, vecs = compute_pca_lighting(train_paths)  # doctest: +SKIP
+        vals, vecs = compute_pca_lighting(train_paths)
     """
     rng = np.random.default_rng(seed)
     paths = list(paths)
@@ -233,7 +233,7 @@ class TrainTransform:
     def _crop(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         size, cfg = self.spec.input_size, self.cfg
         if cfg.crop == "center":
-            return center_crop(resize_short_side(img, self.spec.resize_size, self.spec.interpolation), size)
+            return resize_center_crop(img, self.spec.resize_size, size, self.spec.interpolation)
         if cfg.crop == "scale_jitter":
             lo, hi = cfg.jitter_range
             short = max(size, int(round(rng.uniform(lo * size, hi * size))))

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from headstart.errors import DecodeError
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "decode_image", "is_image_file"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_ASPECT_RATIO", "MAX_IMAGE_PIXELS", "decode_image", "is_image_file"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -24,6 +24,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # Twice Pillow's default warning threshold, i.e. where Pillow itself refuses to open a file
 # (~179 M pixels, ~0.5 GB as RGB). Anything larger is treated as a decompression bomb.
 MAX_IMAGE_PIXELS: int = 89_478_485 * 2
+# Resizing the short side to ~256 multiplies the long side by 256/short: a 166-byte 1x20000 PNG would
+# become a 256x5,120,000 image (~4 GB as RGB). Beyond this ratio no photo is left; up to it, the transforms
+# crop before resizing (``transforms.resize_center_crop``), so memory stays bounded whatever the shape.
+MAX_ASPECT_RATIO: int = 1000
 
 # `warnings.catch_warnings` swaps process-global state and is not thread-safe; the loader decodes
 # from several threads, so header parsing (cheap: no pixels are decoded) is serialised.
@@ -78,6 +82,11 @@ def decode_image(
                 raise DecodeError(
                     f"{path}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
                     "(possible decompression bomb); downscale the image or raise max_pixels"
+                )
+            if max(w, h) > MAX_ASPECT_RATIO * max(1, min(w, h)):
+                raise DecodeError(
+                    f"{path}: {w}x{h} has an aspect ratio beyond {MAX_ASPECT_RATIO}:1, too thin to resize "
+                    "safely (possible decompression bomb); crop the image or remove it"
                 )
             if draft_size is not None and im.format == "JPEG":
                 # DCT-domain downscaling; Pillow keeps both sides >= the requested size.

@@ -12,7 +12,7 @@ from PIL import Image
 from headstart.errors import ConfigError
 from headstart.models.spec import PreprocessSpec
 
-__all__ = ["EvalTransform", "center_crop", "normalize", "resize_short_side"]
+__all__ = ["EvalTransform", "center_crop", "normalize", "resize_center_crop", "resize_short_side"]
 
 _INTERPOLATIONS: dict[str, Image.Resampling] = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -42,6 +42,28 @@ def resize_short_side(img: Image.Image, size: int, interpolation: str = "bicubic
     if (new_w, new_h) == (w, h):
         return img
     return img.resize((new_w, new_h), resample)
+
+
+# Above this ratio of the resized image's pixels to the crop's, the centre region is resized alone.
+_MAX_RESIZED_OVER_CROP = 16
+
+
+def resize_center_crop(img: Image.Image, resize: int, crop: int, interpolation: str = "bicubic") -> Image.Image:
+    """``center_crop(resize_short_side(img, resize), crop)`` without building the whole resized image when it
+    would be huge (a 10x10000 strip resized to a short side of 256 is 256x256000 pixels).
+
+    Ordinary shapes take exactly the two-step path (the features of pretrained weights depend on it); thin
+    ones resize only the source box that becomes the crop, in one pass (``box=``, as torchvision's
+    ``resized_crop``), so memory is bounded by the crop whatever the aspect ratio.
+    """
+    w, h = img.size
+    new_w, new_h = (resize, max(1, int(resize * h / w))) if w <= h else (max(1, int(resize * w / h)), resize)
+    if new_w * new_h <= _MAX_RESIZED_OVER_CROP * crop * crop:
+        return center_crop(resize_short_side(img, resize, interpolation), crop)
+    sx, sy = w / new_w, h / new_h  # source pixels per resized pixel
+    left, top = round((new_w - crop) / 2.0), round((new_h - crop) / 2.0)
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+    return img.resize((crop, crop), _resample(interpolation), box=box)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -92,8 +114,7 @@ class EvalTransform:
     def __call__(self, img: Image.Image) -> np.ndarray:
         if img.mode != "RGB":
             img = img.convert("RGB")
-        img = resize_short_side(img, self.spec.resize_size, self.spec.interpolation)
-        img = center_crop(img, self.spec.input_size)
+        img = resize_center_crop(img, self.spec.resize_size, self.spec.input_size, self.spec.interpolation)
         return _normalize(img, self._mean, self._inv_std)
 
     def __repr__(self) -> str:

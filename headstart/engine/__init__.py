@@ -1,7 +1,7 @@
 """Inference engines for frozen networks: ``make_engine`` picks the fastest one installed.
 
->>> engine = make_engine(CodesModule(backbone, ["pooled"]), (3, 224, 224))   # doctest: +SKIP
->>> (codes,) = engine(batch)  # float32 (N, 1280)                            # doctest: +SKIP
+    engine = make_engine(CodesModule(backbone, ["pooled"]), (3, 224, 224))
+    (codes,) = engine(batch)  # float32 (N, 1280)
 """
 
 from __future__ import annotations

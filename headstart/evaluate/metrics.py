@@ -28,7 +28,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
         "n": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else float("nan"),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
-        "log_loss": float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels)) if len(y_true) else float("nan"),
+        "log_loss": (float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=labels))
+                     if len(y_true) else float("nan")),
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }

@@ -50,6 +50,19 @@ def default_cache_dir() -> Path:
     return Path(xdg).expanduser() / "headstart" / "features"
 
 
+def check_cache_dir(cache_dir: str | Path | None) -> Path:
+    """The cache folder to use (``cache_dir`` or the default), refused up front — before any image is
+    extracted — when it cannot hold files (a file, under a file, /proc, /sys, /dev)."""
+    from headstart.io import check_writable_dir
+
+    if cache_dir:
+        check_writable_dir(cache_dir, what="--cache-dir")
+        return Path(cache_dir)
+    root = default_cache_dir()
+    check_writable_dir(root, what="HEADSTART_CACHE" if os.environ.get("HEADSTART_CACHE") else "the cache folder")
+    return root
+
+
 def hash_file(path: str | Path, block_size: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file's bytes, read in 1 MiB blocks (raises ``OSError`` if unreadable)."""
     h = hashlib.sha256()
@@ -87,9 +100,9 @@ def _is_extractor_dir(p: Path) -> bool:
 class FeatureCache:
     """Content-addressed store of float16 codes, keyed by (extractor id, SHA-256 of the image file).
 
-    >>> cache = FeatureCache(default_cache_dir())                     # doctest: +SKIP
-    >>> with cache.writer(eid, meta) as w: w.add(hashes, codes)       # doctest: +SKIP
-    >>> cache.lookup(eid, hashes)                                     # doctest: +SKIP
+        cache = FeatureCache(default_cache_dir())
+        with cache.writer(eid, meta) as w: w.add(hashes, codes)
+        cache.lookup(eid, hashes)
     {'9f86d0...': array([...], dtype=float32), ...}
     """
 
@@ -211,7 +224,8 @@ class FeatureCache:
             index = self._refresh(d.name)
             chunks = list(d.glob(_CHUNK_GLOB))
             rows.append({"extractor": d.name, "model": meta.get("model", "?"),
-                         "weights_id": meta.get("weights_id", "?"), "tap": meta.get("tap", "?"), "entries": len(index), "chunks": len(chunks),
+                         "weights_id": meta.get("weights_id", "?"), "tap": meta.get("tap", "?"),
+                         "entries": len(index), "chunks": len(chunks),
                          "bytes": sum(_size(p) for p in d.iterdir())})
         return rows
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from headstart.data import ImageFolder, find_images
 from headstart.data.folder import _visible_dirs
-from headstart.errors import DatasetError
-from headstart.features.cache import FeatureCache, default_cache_dir
+from headstart.errors import ConfigError, DatasetError
+from headstart.features.cache import FeatureCache, check_cache_dir
 from headstart.features.export import write_codes
 from headstart.features.extract import extract_codes
 from headstart.fit.checks import SPLIT_IDS, count_duplicates_across_splits
 from headstart.fit.layers import parse_layer
-from headstart.models import create_model
+from headstart.io import lock_dir
+from headstart.models import Backbone, create_model
 
 
 def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str = "auto", batch_size: int = 32,
@@ -26,6 +28,18 @@ def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str =
     """
     backbone = create_model(model)
     (taps,) = parse_layer(backbone, layer) if layer != "auto" else (tuple(backbone.tap_names),)
+    cache_root = check_cache_dir(cache_dir)  # refused up front, not after the extraction
+    if os.path.realpath(out).startswith(os.path.realpath(data) + os.sep) and Path(data).is_dir():
+        raise ConfigError(f"--out {out} is inside the image folder {data}: a later run would take it for a "
+                          "class folder; choose a folder outside DATA")
+    # One writer at a time: two extractions into one folder would pair one's index.json with the other's codes.
+    with lock_dir(out):
+        return _extract(data, out, backbone, taps, backend=backend, batch_size=batch_size, cache_root=cache_root,
+                        seed=seed, progress=progress)
+
+
+def _extract(data: Path, out: Path, backbone: Backbone, taps: tuple[str, ...], *, backend: str, batch_size: int,
+             cache_root: Path, seed: int, progress: bool) -> str:
     try:
         ds = ImageFolder(data, seed=seed)
         rows = [(s.path, s.label, split) for split, items in ds.splits.items() for s in items]
@@ -35,7 +49,7 @@ def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str =
             raise
         rows = [(p, -1, "") for p in find_images([data])]  # unlabelled: a folder of images
         classes = None
-    cache = FeatureCache(cache_dir or default_cache_dir())
+    cache = FeatureCache(cache_root)
     result = extract_codes([r[0] for r in rows], backbone, list(taps), cache=cache, out_dir=out, backend=backend,
                            batch_size=batch_size, progress=progress)
     if rows and not len(result.index):

@@ -7,7 +7,8 @@ Layout::
 
 ``index.json``::
 
-    {"format": "headstart-codes-v1", "model": ..., "weights_id": ..., "codes": "relu-avgpool-v1",
+    {"format": "headstart-codes-v1", "run_id": str, "fingerprints": {"codes_<tap>.npy": str}, "model": ...,
+     "weights_id": ..., "codes": "relu-avgpool-v1",
      "taps": [...], "num_features": {tap: D}, "files": {tap: "codes_<tap>.npy"}, "dtype": "float16",
      "preprocess": {input_size, crop_pct, mean, std, interpolation}, "classes": [...] | null,
      "rows": [{"path": str, "sha256": str, "label": int | null, "split": str | null}, ...],
@@ -27,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import HeadstartError
-from headstart.io import atomic_write, tmp_path_for
 from headstart.features.cache import CODES_VERSION
 from headstart.features.extract import ExtractResult
+from headstart.io import atomic_write, fingerprint, new_run_id, tmp_path_for, writer_of
 from headstart.models.base import Backbone
 
 __all__ = ["FORMAT", "load_codes", "write_codes"]
@@ -53,8 +54,8 @@ def write_codes(
     ``labels`` and ``splits`` are aligned with the paths given to ``extract_codes`` (failed files included);
     ``result.index`` picks the rows. Returns the path of ``index.json``.
 
-    >>> r = extract_codes(paths, model, ["pooled"], cache=None, out_dir="codes")   # doctest: +SKIP
-    >>> write_codes("codes", r, backbone=model, labels=labels, classes=classes)     # doctest: +SKIP
+        r = extract_codes(paths, model, ["pooled"], cache=None, out_dir="codes")
+        write_codes("codes", r, backbone=model, labels=labels, classes=classes)
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,14 +78,22 @@ def write_codes(
              "label": int(labels[i]) if labels is not None else None,
              "split": str(splits[i]) if splits is not None else None}
             for p, h, i in zip(result.paths, result.hashes, result.index.tolist(), strict=True)]
+    # Every file of this extraction carries its run id: index.json names it and fingerprints each codes
+    # file, so load_codes refuses codes that another extraction (or a copy from elsewhere) put beside it.
+    files = {t: f"codes_{t}.npy" for t in taps}
     index = {
-        "format": FORMAT, "model": backbone.name, "weights_id": backbone.weights_id, "codes": CODES_VERSION,
+        "format": FORMAT, "run_id": new_run_id(),
+        "fingerprints": {name: fingerprint(out / name) for name in files.values()}, "model": backbone.name,
+        "weights_id": backbone.weights_id, "codes": CODES_VERSION,
         "taps": taps, "num_features": {t: int(result.codes[t].shape[1]) for t in taps},
-        "files": {t: f"codes_{t}.npy" for t in taps}, "dtype": "float16",
+        "files": files, "dtype": "float16",
         "preprocess": backbone.spec.to_dict(), "classes": list(classes) if classes is not None else None,
         "rows": rows, "failures": [{"path": str(f.path), "reason": f.reason} for f in result.failures],
     }
     atomic_write(out / "index.json", json.dumps(index, indent=1).encode())
+    for old in out.glob("codes_*.npy"):  # an earlier extraction's other taps: not described by this index
+        if old.name not in files.values():
+            old.unlink(missing_ok=True)
     return out / "index.json"
 
 
@@ -99,6 +108,10 @@ def load_codes(codes_dir: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
         raise HeadstartError(f"{d / 'index.json'} is not valid JSON ({e}); run the extraction again") from None
     if index.get("format") != FORMAT:
         raise HeadstartError(f"{d / 'index.json'}: unknown format {index.get('format')!r}, expected {FORMAT!r}")
+    if holder := writer_of(d):
+        raise HeadstartError(f"{d} is being written by another headstart process ({holder}); wait for it to "
+                             "finish, then try again")
+    prints = index.get("fingerprints")  # absent in folders written before run ids
     codes = {}
     for t in index["taps"]:
         name = index["files"][t]
@@ -106,6 +119,10 @@ def load_codes(codes_dir: str | Path) -> tuple[dict[str, Any], dict[str, np.ndar
             # index.json is data: it must not make us read a file outside the codes directory
             raise HeadstartError(f"{d / 'index.json'}: codes file {name!r} is not a file name inside {d}; "
                                  "run the extraction again")
+        if prints is not None and (not (d / name).is_file() or prints.get(name) != fingerprint(d / name)):
+            raise HeadstartError(f"{d / name} does not belong to extraction {index.get('run_id')} that index.json "
+                                 "describes (another extraction wrote it, or it is missing); its rows would be "
+                                 "paired with other images' codes: run the extraction again")
         arr = np.load(d / name, mmap_mode="r")  # allow_pickle stays False: an object array is refused
         if arr.shape != (len(index["rows"]), index["num_features"][t]):
             raise HeadstartError(f"{d / index['files'][t]} has shape {arr.shape}, index.json expects "

@@ -89,8 +89,8 @@ def extract_codes(
     With ``out_dir`` the codes are streamed into ``out_dir/codes_<tap>.npy`` (float16) and memory stays
     bounded by a chunk whatever the dataset size; ``write_codes`` then adds ``index.json``.
 
-    >>> r = extract_codes(paths, create_model("efficientnet_lite0"), ["pooled"], cache=FeatureCache())  # doctest: +SKIP
-    >>> r.codes["pooled"].shape                                                                        # doctest: +SKIP
+        r = extract_codes(paths, create_model("efficientnet_lite0"), ["pooled"], cache=FeatureCache())
+        r.codes["pooled"].shape
     (3264, 1280)
     """
     t0 = time.perf_counter()
@@ -99,7 +99,8 @@ def extract_codes(
         raise ConfigError("taps is empty; pass at least one layer name, e.g. ['pooled']")
     for name, value, least in (("batch_size", batch_size, 0), ("chunk_size", chunk_size, 1)):
         if value < least:  # checked up front: a fully cached run would never reach the code that uses them
-            raise ConfigError(f"{name}={value} is invalid; use a positive integer" + (" (0: auto)" if least == 0 else ""))
+            raise ConfigError(f"{name}={value} is invalid; use a positive integer"
+                              + (" (0: auto)" if least == 0 else ""))
     inputs = [Path(p) for p in paths]
     if cache is not None and backbone.weights_id == "random":
         # Random weights differ per instance: their codes must never be served to another run.

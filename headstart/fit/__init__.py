@@ -7,23 +7,37 @@ from typing import Any
 from headstart.config import FitConfig
 
 
-def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run ``cfg.strategy`` end to end; writes ``cfg.out`` (config.toml, splits.json, metrics.json, curves,
-    bundle/, summary.txt) and returns the metrics (as in metrics.json).
+    bundle/, summary.txt, and run.json last) and returns the metrics (as in metrics.json).
 
-    ``resume`` continues a killed fine-tuning run from its last checkpoint in ``cfg.out``.
+    ``resume`` continues a killed fine-tuning run from its last checkpoint in ``cfg.out``. ``cfg.out`` has one
+    writer at a time (a second process gets one line naming the first's PID); a folder holding another
+    run is refused unless ``overwrite``, which clears it first.
+
+        fit(FitConfig(out="runs/a", data=DataConfig(path="photos")), progress=False)["test"]["accuracy"]  # e.g. 0.93
     """
     cfg = cfg.validate()
-    if cfg.strategy == "finetune":
-        from headstart.fit.finetune import fit_finetune
-
-        metrics = fit_finetune(cfg, progress=progress, resume=resume)
-    else:
-        from headstart.fit.linear import fit_linear
-
-        metrics = fit_linear(cfg, progress=progress)
     from headstart.evaluate.report import summary_text
-    from headstart.fit.rundir import RunDir
+    from headstart.fit.rundir import (
+        RunDir,
+        check_output_places,
+        claim_run_dir,
+        seal_run,
+    )
+    from headstart.io import lock_dir, new_run_id
 
-    RunDir(cfg.out).write_text("summary.txt", summary_text(metrics, cfg.out) + "\n")
+    check_output_places(cfg)
+    with lock_dir(cfg.out):
+        claim_run_dir(cfg, overwrite=overwrite, resume=resume)
+        if cfg.strategy == "finetune":
+            from headstart.fit.finetune import fit_finetune
+
+            metrics = fit_finetune(cfg, progress=progress, resume=resume)
+        else:
+            from headstart.fit.linear import fit_linear
+
+            metrics = fit_linear(cfg, progress=progress)
+        RunDir(cfg.out).write_text("summary.txt", summary_text(metrics, cfg.out) + "\n")
+        seal_run(cfg.out, new_run_id())
     return metrics

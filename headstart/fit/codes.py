@@ -1,8 +1,8 @@
 """Codes of a dataset's splits: the step both strategies start with (the linear head's features, the
 fine-tuning probe's features and the check that every file decodes).
 
->>> codes = extract_dataset(ds, backbone, ["pooled"], cfg)  # doctest: +SKIP
->>> codes.X(("pooled",), codes.split == SPLIT_IDS["train"]).shape  # doctest: +SKIP
+    codes = extract_dataset(ds, backbone, ["pooled"], cfg)
+    codes.X(("pooled",), codes.split == SPLIT_IDS["train"]).shape
 (240, 1280)
 """
 

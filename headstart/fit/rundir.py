@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tomli_w
 
-from headstart.config import FitConfig, to_dict
+from headstart.config import FitConfig, load_toml, to_dict
 from headstart.data import ImageFolder
-from headstart.io import atomic_write, clean_stale_tmp
+from headstart.errors import ConfigError, HeadstartError
 from headstart.fit.checks import check_cv_folds, size_cue
+from headstart.io import (
+    LOCK_NAME,
+    MANIFEST,
+    atomic_write,
+    check_sealed,
+    clean_stale_tmp,
+    is_tmp,
+    seal_dir,
+)
 
 
 class RunDir:
@@ -53,6 +64,9 @@ def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
     need no decoding run here too; their findings go to ``run.cautions`` (for metrics.json). A dataset that
     cannot be used (missing, a class with too few images for the folds) is refused before RUN_DIR is made."""
     ds = open_dataset(cfg)
+    if not ds.splits.get("test"):  # checked before training: the figure a run exists to report
+        raise ConfigError(f"{cfg.data.path} has no test/ folder and --test-fraction is 0, so no image is left to "
+                          "measure the classifier on; set --test-fraction (e.g. 0.2) or add a test/ folder")
     uses_cv = cfg.strategy == "linear" or cfg.finetune.head_init == "probe"
     if uses_cv and not ds.splits.get("val"):  # C (and the layer) chosen by cross-validation on train
         train = ds.splits.get("train", [])
@@ -63,3 +77,106 @@ def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
     if cue := size_cue(ds.splits.get("train", []), ds.classes, seed=cfg.data.seed):
         run.cautions.append(cue)
     return run, ds
+
+
+# Files a reader of a run uses: each must belong to the run that run.json records.
+RUN_FILES = ("config.toml", "splits.json", "metrics.json", "bundle/bundle.json")
+_UNSEALED = ("checkpoints",)  # rewritten on every epoch and only read by --resume: not part of the result
+
+
+def claim_run_dir(cfg: FitConfig, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Make ``cfg.out`` this run's, before anything is written (the caller holds its lock).
+
+    A new or empty folder, or one holding the same run (the same config: a rerun after a crash, which
+    reuses its cache) is used as is. Another run is refused, unless ``overwrite``, which removes it first so
+    that none of its files (checkpoints, curves, snapshot weights) is mistaken for the new run's. A folder
+    that holds no run at all is never cleared. ``resume`` continues the run that is there.
+    """
+    out = Path(cfg.out)
+    entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not is_tmp(p)] if out.is_dir() else []
+    old = out / "config.toml"
+    if resume:
+        if not old.is_file():
+            raise ConfigError(f"{out} has no config.toml, so there is no run to resume; start it without --resume")
+        _unseal(out)
+        return
+    if not entries:
+        return
+    is_run = old.is_file() or (out / MANIFEST).is_file()
+    if not is_run:
+        raise ConfigError(f"--out {out} is a folder that holds other files, not a headstart run; choose a new or "
+                          "empty folder for --out")
+    diff = _config_diff(old, cfg)
+    if not diff:
+        _unseal(out)
+        return
+    if not overwrite:
+        raise ConfigError(f"--out {out} holds another run ({diff}); pass --overwrite to replace it, or choose "
+                          "another --out")
+    for p in entries:  # the lock stays: we hold it
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _unseal(out: Path) -> None:
+    """The run is being rewritten: its old manifest no longer describes it (``seal_run`` writes the new one).
+    A rerun of the same config that is cut short leaves files of that same config, so readers accept them."""
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+def check_output_places(cfg: FitConfig) -> None:
+    """Refuse an --out or cache folder that cannot hold files before any image is read (``lock_dir``
+    checks --out again as it creates it)."""
+    from headstart.features.cache import check_cache_dir
+    from headstart.io import check_writable_dir
+
+    check_writable_dir(cfg.out, what="--out")
+    _refuse_output_inside_data(cfg)
+    check_cache_dir(cfg.engine.cache_dir or None)
+
+
+def seal_run(out: str | Path, run_id: str) -> None:
+    """Record that the files now in ``out`` are one complete run (``run.json``, written last)."""
+    seal_dir(out, run_id, skip=_UNSEALED)
+
+
+def check_run(run: str | Path, names: tuple[str, ...] = RUN_FILES) -> str | None:
+    """Refuse a run directory whose files (``names``) do not belong together; returns its run id."""
+    return check_sealed(run, names)
+
+
+def _config_diff(old: Path, cfg: FitConfig) -> str:
+    """Empty when ``old`` (a run's config.toml) is ``cfg``; else the first few differences, for the message."""
+    if not old.is_file():
+        return "no config.toml"
+    try:
+        before = _flat(load_toml(old))
+    except HeadstartError:
+        return "its config.toml is unreadable"
+    now = _flat(to_dict(cfg))
+    keys = sorted((k for k in set(before) | set(now) if before.get(k) != now.get(k)),
+                  key=lambda k: (k.count("."), k))  # top-level options (strategy, model) first
+    shown = [f"{k} {before.get(k, '-')!r} → {now.get(k, '-')!r}" for k in keys[:3]]
+    return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") if keys else ""
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _refuse_output_inside_data(cfg: FitConfig) -> None:
+    """A run inside the image folder would be scanned as a class folder by the next run on that folder."""
+    if not cfg.data.path:
+        return
+    data, out = os.path.realpath(cfg.data.path), os.path.realpath(cfg.out)
+    if out == data or out.startswith(data + os.sep):
+        raise ConfigError(f"--out {cfg.out} is inside the image folder {cfg.data.path}: the next run would take "
+                          "it for a class folder; choose a folder outside DATA")

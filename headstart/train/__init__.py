@@ -1,8 +1,8 @@
 """Fine-tuning: parameter groups, optimisers, LR schedules, EMA, the training loop, TTA.
 
->>> from headstart.train import ImageSet, train, OptimConfig                       # doctest: +SKIP
->>> result = train(model, ImageSet(paths, labels), val, freeze=4, epochs=10,      # doctest: +SKIP
-...                optim_cfg=OptimConfig(lr=1e-3), patience=3, ema=0.999, run_dir="runs/ft")
+    from headstart.train import ImageSet, train, OptimConfig
+    result = train(model, ImageSet(paths, labels), val, freeze=4, epochs=10,
+                   optim_cfg=OptimConfig(lr=1e-3), patience=3, ema=0.999, run_dir="runs/ft")
 """
 
 from headstart.errors import TrainingDiverged

@@ -95,8 +95,8 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
     ``on_epoch_end(row)`` sees each epoch's row after its checkpoint. On return ``model`` is in eval mode;
     checkpoints hold the live (non-EMA) weights.
 
-    >>> res = train(model, ImageSet(paths, labels), val, freeze=4, epochs=10, ema=0.999,  # doctest: +SKIP
-    ...             patience=3, run_dir="runs/ft")
+        res = train(model, ImageSet(paths, labels), val, freeze=4, epochs=10, ema=0.999,
+                    patience=3, run_dir="runs/ft")
     """
     t_setup, dev = time.perf_counter(), resolve_device(device)
     run_dir = Path(run_dir) if run_dir is not None else None

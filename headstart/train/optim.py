@@ -51,7 +51,8 @@ class OptimConfig:
                         "--weight-decay: elastic net)")
     momentum: float = setting(0.9, ge=0, lt=1, help="momentum of sgd/momentum/nesterov/rmsprop")
     betas: tuple[float, float] = setting((0.9, 0.999), help="Adam's betas, two numbers in [0, 1)")
-    eps: float = setting(1e-8, gt=0, help="the optimiser's epsilon")
+    # float32 rounds a smaller epsilon to 0, and Adam then divides 0 by 0 where a gradient is 0
+    eps: float = setting(1e-8, ge=1e-12, help="the optimiser's epsilon")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", str(self.name).lower())

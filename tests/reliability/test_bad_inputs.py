@@ -264,7 +264,8 @@ def test_symlink_from_train_into_test_is_not_followed(tmp_path: Path) -> None:
     os.symlink(data / "test" / "circle", data / "train" / "circle" / "more")
     r = _fit(data, tmp_path / "run").assert_ok()
     assert any("another part of the dataset" in w for w in r.warnings()), r.err
-    assert metrics(tmp_path / "run")["counts"]["test"] == 8 and metrics(tmp_path / "run")["duplicates_across_splits"] == 0
+    m = metrics(tmp_path / "run")
+    assert m["counts"]["test"] == 8 and m["duplicates_across_splits"] == 0
 
 
 def test_duplicates_across_splits_are_warned_and_counted(tmp_path: Path) -> None:

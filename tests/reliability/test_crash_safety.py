@@ -318,7 +318,8 @@ def test_disk_full_while_writing_a_run_leaves_the_previous_run_intact(data: Path
     probs = load(out, backend="torch").predict_proba(files)
     with monkeypatch.context() as mp:
         fail_fsync(mp, target)
-        line = run(*args, "--C", "0.5").assert_fails("No space left on device", "free some space")  # another head
+        # The same command again (another config would need --overwrite, which clears the run first).
+        line = run(*args).assert_fails("No space left on device", "free some space")
     assert str(out) in line
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "summary.txt"}
     assert not leftovers(out)
@@ -378,12 +379,12 @@ def test_a_real_full_disk(data: Path, tmp_path: Path) -> None:
             assert e.errno == errno.ENOSPC
         finally:
             os.close(fd)
-        line = run(*args, "--C", "0.5").assert_fails("No space left on device", "free some space")
+        line = run(*args).assert_fails("No space left on device", "free some space")
         assert str(out) in line
         assert (out / "metrics.json").read_bytes() == before and not leftovers(out)
         load(out, backend="torch")
         ballast.unlink()
-        run(*args, "--C", "0.5").assert_ok()
+        run(*args, "--C", "0.5", "--overwrite").assert_ok()  # another config: replaces the run
         assert metrics(out)["C"] == 0.5
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
