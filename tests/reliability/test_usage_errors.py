@@ -40,7 +40,10 @@ def test_predict_refuses_urls_and_empty_paths(path: str, phrase: str) -> None:
 def test_ctrl_c_says_what_was_kept(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", 10, size=24)
     out = tmp_path / "run"
-    child = spawn(["fit", data, "--out", out, "--cache-dir", tmp_path / "cache", *TINY])
+    # A shell starts background jobs with SIGINT ignored, and Python keeps that: give the child the
+    # interactive default (KeyboardInterrupt), whatever started this test run.
+    child = spawn(["fit", data, "--out", out, "--cache-dir", tmp_path / "cache", *TINY],
+                  setup="import signal; signal.signal(signal.SIGINT, signal.default_int_handler)")
     deadline = time.monotonic() + 120
     while not ((out / LOCK_NAME).is_file() and (out / LOCK_NAME).read_text().split()[:1] == [str(child.pid)]):
         assert child.poll() is None and time.monotonic() < deadline, child.communicate()[1][-3000:]
