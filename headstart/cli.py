@@ -6,6 +6,7 @@ import difflib
 import errno
 import json
 import sys
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -91,9 +92,27 @@ def predict(
             print(json.dumps(p.to_dict()), flush=True)
         else:
             best = "  ".join(f"{lbl} {prob:.1%}" for lbl, prob in p.top)
-            console.print(f"[bold]{escape(str(p.path))}[/bold]  {escape(best)}", highlight=False)
+            console.print(f"[bold]{escape(one_line(str(p.path)))}[/bold]  {escape(best)}", highlight=False)
     if not result.predictions:
         raise HeadstartError("no image could be decoded; check the paths (see warnings above)")
+
+
+_CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: control characters and line separators (a newline in a file name) written as
+    escapes (``\\n``, ``\\x1b``, ``\\u2028``), so that plain-text output stays one line per image. Other
+    characters, a name that is not UTF-8 included, are left as they are; ``--json`` gives names exactly."""
+    out = []
+    for ch in text:
+        if ch in _CONTROL:
+            out.append(_CONTROL[ch])
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _predict_paths(raw: list[str]) -> list[Path]:
@@ -278,6 +297,8 @@ def _given_value(e: typer._click.exceptions.UsageError, args: list[str]) -> str:
 def main() -> None:
     """Console-script entry point: expected errors become one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
+    # Pillow's "Image size (...) exceeds limit" names no file; headstart's decoder warns with the file's name.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     # File names are bytes on Linux; one that is not UTF-8 (b"caf\xe9.jpg") reaches us as a lone surrogate,
     # which a strict UTF-8 stdout refuses: print the original bytes instead, as `ls` does.
     if hasattr(sys.stdout, "reconfigure"):

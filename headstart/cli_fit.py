@@ -23,7 +23,8 @@ __all__ = ["config_from_argv", "fit_command", "fit_config", "option_fields"]
 
 _PANELS = {"": "Run", "data": "Data", "engine": "Engine", "linear": "Linear classifier (--strategy linear)",
            "finetune": "Fine-tuning (--strategy finetune)", "finetune.optim": "Fine-tuning: optimiser",
-           "finetune.schedule": "Fine-tuning: schedule", "finetune.augment": "Fine-tuning: augmentation"}
+           "finetune.schedule": "Fine-tuning: schedule", "finetune.augment": "Fine-tuning: augmentation",
+           "auto": "Choosing for you (--strategy auto)"}
 # --no-augment turns every randomisation off, including any from --config.
 _AUG_OFF = {"hflip": False, "crop": "center", "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
             "pca_lighting": 0.0, "downscale": 0.0}
@@ -159,6 +160,7 @@ def fit_command(run: Callable[..., None]) -> Callable[..., None]:
 
         --strategy linear: a linear classifier on cached CNN codes.
         --strategy finetune: a new head, the top stages trained.
+        --strategy auto: run headstart advise's plan (and, within --budget, its runner-up); keep the better on val.
 
         Every option can also be set in a TOML file (--config) under the names of RUN_DIR/config.toml.
         """

@@ -31,6 +31,15 @@ def make_class_folder(root: Path, n_per_class: int = 12, classes: tuple[str, ...
 
 
 @pytest.fixture
+def split_folder(tmp_path: Path) -> Path:
+    """``data/{train,test}/<a|b|c>/``: a folder with its own test split (20 training, 6 test images a class)."""
+    root = tmp_path / "data"
+    make_class_folder(root / "train", n_per_class=20, classes=("a", "b", "c"), seed=1)
+    make_class_folder(root / "test", n_per_class=6, classes=("a", "b", "c"), seed=2)
+    return root
+
+
+@pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "data")
 

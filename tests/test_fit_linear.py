@@ -20,14 +20,6 @@ def _cfg(data: Path, out: Path, cache: Path, **linear: object) -> FitConfig:
                      engine=EngineConfig(backend="torch", cache_dir=str(cache)), linear=LinearConfig(**linear))
 
 
-@pytest.fixture
-def split_folder(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    make_class_folder(root / "train", n_per_class=20, classes=("a", "b", "c"), seed=1)
-    make_class_folder(root / "test", n_per_class=6, classes=("a", "b", "c"), seed=2)
-    return root
-
-
 def test_metrics_contract_and_bundle_round_trip(split_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     m = fit(_cfg(split_folder, out, tmp_path / "cache", layer="auto"), progress=False)

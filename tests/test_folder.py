@@ -79,7 +79,8 @@ def test_hidden_nontext_nested_and_symlink_loop(tmp_path: Path) -> None:
     (root / "b" / "UPPER.JPG").write_bytes(PNG)
     (root / "readme.md").write_text("loose file at root")
     os.symlink(root / "a", root / "a" / "sub" / "loop")  # would recurse forever if followed naively
-    ds = ImageFolder(root, test_fraction=0.0)
+    with pytest.warns(UserWarning, match=r"1 file\(s\) .* not images(.|\n)*notes\.txt"):  # named; hidden ones not
+        ds = ImageFolder(root, test_fraction=0.0)
     assert ds.classes == ["a", "b"]
     assert names(ds.splits["train"], root) == [
         "a/img000.png",
@@ -152,6 +153,8 @@ def test_no_class_folders(tmp_path: Path) -> None:
 
 def test_no_images_at_all(tmp_path: Path) -> None:
     make(tmp_path, {"a": 2, "b": 2}, suffix=".txt")
+    for f in tmp_path.glob("*/*.txt"):  # text: not an image by suffix nor by content (a PNG named .txt is one)
+        f.write_text("notes")
     with pytest.raises(DatasetError, match="no images found in any class folder"):
         ImageFolder(tmp_path)
 
@@ -219,13 +222,18 @@ def test_find_images(tmp_path: Path) -> None:
     (tmp_path / "dir" / "skip.txt").write_text("x")
     odd = tmp_path / "photo.heic"
     odd.write_bytes(b"?")
-    found = find_images([tmp_path / "dir", str(odd), tmp_path / "dir" / "img000.png"])
+    jpeg = tmp_path / "jpeg.heic"  # the content decides, as in fit and extract (issue 13, item 14)
+    jpeg.write_bytes((tmp_path / "dir" / "img000.png").read_bytes())
+    left_out: list[Path] = []
+    with pytest.warns(UserWarning, match=r"2 file\(s\) in the paths given are not images"):
+        found = find_images([tmp_path / "dir", str(odd), str(jpeg), tmp_path / "dir" / "img000.png"], left_out)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "dir/img000.png",
         "dir/img001.png",
         "dir/sub/img000.png",
-        "photo.heic",  # named directly: kept, the decoder will report it
+        "jpeg.heic",  # an image whatever its suffix: read
     ]
+    assert sorted(p.name for p in left_out) == ["photo.heic", "skip.txt"]  # not images: left out, counted
     with pytest.raises(DatasetError, match="no such file or directory"):
         find_images([tmp_path / "missing.jpg"])
     (tmp_path / "empty").mkdir()

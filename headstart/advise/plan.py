@@ -84,12 +84,15 @@ class Plan:
     strategy: str  # linear | finetune
     layer: str | None  # linear: the tap
     freeze: int | None  # finetune: the first K stages frozen
-    settings: dict[str, Any]  # the fit options beyond the strategy (lr, epochs, augmentation, BN...)
+    settings: dict[str, Any]  # the fit options beyond the strategy (lr, epochs, augmentation, BN...), in words
     command: str
-    runner_up: dict[str, Any]
+    runner_up: dict[str, Any]  # strategy, what (in words), command, config
     summary: str
     evidence: list[str]
     cautions: list[str]
+    # The same options as ``command``, as FitConfig values (nested by section): what ``fit --strategy auto``
+    # builds its run from (``fit.auto.plan_to_config``), so nothing parses the command's text.
+    config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,14 +144,12 @@ def make_plan(sig: Signals, *, stages: Sequence[str], data: str) -> Plan:
     linear = _linear(sig, chosen.tap, data)
     finetune = _finetune(sig, stages, data, close)
     main, runner = (finetune, linear) if size == "large" else (linear, finetune)
-    what = (f"linear classifier on {tap_words(chosen.tap)}" if main is linear else
-            f"fine-tune with the first {main['freeze']} of {len(stages)} stages frozen")
-    summary = f"{size_words} and {sim_short} -> {what}"
+    summary = f"{size_words} and {sim_short} -> {main['what']}"
     return Plan(quadrant=f"{size}-{similarity}", size=size, similarity=similarity, strategy=main["strategy"],
                 layer=main.get("layer"), freeze=main.get("freeze"), settings=main["settings"],
-                command=main["command"], runner_up={k: runner[k] for k in ("strategy", "command")},
+                command=main["command"], runner_up={k: runner[k] for k in ("strategy", "what", "command", "config")},
                 summary=summary, evidence=_evidence(sig, size_words, sim_words, chosen, best),
-                cautions=_cautions(sig))
+                cautions=_cautions(sig), config=main["config"])
 
 
 def _head_says_far(sig: Signals) -> bool:
@@ -173,14 +174,18 @@ def _linear(sig: Signals, tap: str, data: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"layer": tap, "C": "chosen by 5-fold cross-validation on train",
                                 "augmentation": "none (codes of the centre crop)"}
     flags = ["--layer", tap]
+    config: dict[str, Any] = {"strategy": "linear", "linear": {"layer": tap}}
     if sig.per_class_median < LARGE_PER_CLASS:
         # One 15% validation split of a small dataset is noise (issue 14): cross-validate C instead.
         flags += ["--val-fraction", "0"]
         settings["val_fraction"] = 0
+        config["data"] = {"val_fraction": 0.0}
     if sig.imbalance >= CLASS_WEIGHT_IMBALANCE:
         flags += ["--class-weight", "balanced"]
         settings["class_weight"] = "balanced"
-    return {"strategy": "linear", "layer": tap, "settings": settings,
+        config["linear"]["class_weight"] = "balanced"
+    return {"strategy": "linear", "layer": tap, "settings": settings, "config": config,
+            "what": f"linear classifier on {tap_words(tap)}",
             "command": _command(data, [*flags, *_common_flags(sig)], "runs/advised-linear")}
 
 
@@ -199,14 +204,22 @@ def _finetune(sig: Signals, stages: Sequence[str], data: str, close: bool) -> di
         "augmentation": "flips, random resized crops"}
     flags = ["--strategy", "finetune", "--freeze", str(freeze), "--epochs", str(epochs), "--ema", "0.999",
              "--tta", "flip"]
+    # Flips and random resized crops are fit's defaults (so not in the command), but set here: auto applies
+    # this on top of the user's options, and the plan's words must stay true there.
+    augment: dict[str, Any] = {"hflip": True, "crop": "rrc"}
+    config = {"strategy": "finetune", "finetune": {"freeze": freeze, "epochs": epochs, "ema": 0.999, "tta": "flip",
+                                                   "freeze_bn": not update_bn, "augment": augment}}
     if update_bn:
         flags.append("--no-freeze-bn")
     if sig.size_cue:
         flags += ["--downscale", str(SIZE_CUE_AUGMENT["downscale"]),
                   "--color-jitter", str(SIZE_CUE_AUGMENT["color_jitter"])]
+        augment["downscale"] = SIZE_CUE_AUGMENT["downscale"]
+        augment |= dict.fromkeys(("brightness", "contrast", "saturation"), SIZE_CUE_AUGMENT["color_jitter"])
         settings["augmentation"] += (f", resolution drops (p={SIZE_CUE_AUGMENT['downscale']}) and colour jitter "
                                      f"{SIZE_CUE_AUGMENT['color_jitter']}, to hide the source cue")
-    return {"strategy": "finetune", "freeze": freeze, "settings": settings,
+    return {"strategy": "finetune", "freeze": freeze, "settings": settings, "config": config,
+            "what": f"fine-tune with the first {freeze} of {n} stages frozen",
             "command": _command(data, [*flags, *_common_flags(sig)], "runs/advised-finetune")}
 
 

@@ -35,11 +35,14 @@ __all__ = ["advise"]
 
 
 def advise(data: str | Path, *, model: str = "efficientnet_lite0", seed: int = 0, cache_dir: str | Path | None = None,
-           batch_size: int = 32, backend: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Facts, per-tap scores, how ImageNet's head sees the data, and the plan for ``data`` (see the module)."""
+           batch_size: int = 32, backend: str = "auto", progress: bool = True,
+           test_fraction: float | None = None) -> dict[str, Any]:
+    """Facts, per-tap scores, how ImageNet's head sees the data, and the plan for ``data`` (see the module).
+    ``test_fraction``: the one ``fit`` will run with (default: fit's default)."""
     t0 = time.perf_counter()
     # fit's own test fraction and seed: the images held out here are those fit will test on.
-    ds = ImageFolder(data, test_fraction=DataConfig().test_fraction, val_fraction=0.0, seed=seed)
+    test_fraction = DataConfig().test_fraction if test_fraction is None else test_fraction
+    ds = ImageFolder(data, test_fraction=test_fraction, val_fraction=0.0, seed=seed)
     backbone = create_model(model)
     samples = [s for split, items in ds.splits.items() if split != "test" for s in items]
     taps = list(backbone.tap_names)

@@ -15,11 +15,17 @@ from PIL import Image, ImageOps
 
 from headstart.errors import DecodeError
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_ASPECT_RATIO", "MAX_IMAGE_PIXELS", "decode_image", "is_image_file"]
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_ASPECT_RATIO", "MAX_IMAGE_PIXELS", "decode_image",
+           "header_size", "is_image_file", "sniff_image"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
+
+# The formats of those suffixes, as Pillow names them (its JPEG opener also opens the multi-picture JPEGs of
+# cameras). A file with another suffix is read when its content is one of these (a JPEG named .heic), and left
+# out otherwise.
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
 # Twice Pillow's default warning threshold, i.e. where Pillow itself refuses to open a file
 # (~179 M pixels, ~0.5 GB as RGB). Anything larger is treated as a decompression bomb.
@@ -42,6 +48,35 @@ def is_image_file(path: Path) -> bool:
     if name.startswith("."):  # covers macOS AppleDouble "._x.jpg" resource forks too
         return False
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def sniff_image(path: str | Path) -> bool:
+    """Whether the content of ``path`` is an image of one of ``IMAGE_FORMATS`` (the header only is read).
+
+    The rule every command follows for a file whose suffix is not an image suffix: read it when its content
+    is such an image, leave it out otherwise (a HEIC, a text file, a broken link), counted and named.
+    """
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS):
+                return True
+    except Image.DecompressionBombError:
+        return True  # an image, one the decoder will skip with its name and reason
+    except Exception:  # noqa: BLE001 - unreadable or not one of our formats: not an image to us
+        return False
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the header, no pixel decoded; None when the file cannot be opened. Pillow's
+    decompression-bomb warning, which does not name the file, is not shown: ``decode_image`` names it."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except Exception:  # noqa: BLE001 - reported by the decoder when the file is read
+        return None
 
 
 def decode_image(
@@ -101,6 +136,10 @@ def decode_image(
             raise
         except Exception as e:  # noqa: BLE001 - truncated data, bad tiles, unsupported modes...
             raise DecodeError(f"{path}: cannot decode image ({_why(e)}); remove or replace the file") from e
+    if w * h > (Image.MAX_IMAGE_PIXELS or max_pixels):  # in place of Pillow's warning, which names no file
+        warnings.warn(f"{path}: {w}x{h} = {w * h:,} pixels, more than Pillow's decompression-bomb warning "
+                      f"threshold of {Image.MAX_IMAGE_PIXELS:,}; decoded (headstart's limit is {max_pixels:,}), at "
+                      "a cost in memory and time: downscale it if that size is not needed", stacklevel=2)
     return out
 
 

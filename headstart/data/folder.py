@@ -7,13 +7,15 @@ reproduced run reuses exactly the same images (``from_record``).
 from __future__ import annotations
 
 import os
+import unicodedata
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from headstart.data.decode import IMAGE_EXTENSIONS, is_image_file
+from headstart.data.decode import IMAGE_EXTENSIONS, is_image_file, sniff_image
 from headstart.errors import DatasetError
 
 __all__ = ["SPLIT_ALIASES", "ImageFolder", "Sample", "find_images"]
@@ -47,8 +49,17 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
+def _is_image(path: Path) -> bool:
+    """The one rule of every command: an image suffix, or any other suffix on a file whose content is an image
+    of a format headstart reads (a JPEG named ``.heic``). Hidden files (``.DS_Store``, ``._x.jpg``) are not."""
+    return is_image_file(path) or (not path.name.startswith(".") and sniff_image(path))
+
+
+def _scan_images(top: Path, root: Path | None = None, left_out: list[Path] | None = None) -> list[Path]:
     """Image files below ``top``, recursively and sorted; hidden entries skipped.
+
+    A file with another suffix is read when its content is an image (``_is_image``); the visible files that
+    are not are appended to ``left_out``, so that the caller can count and name them.
 
     Symlinked folders are followed (people link class folders in), but each real directory is
     visited once, so a symlink loop cannot hang the scan. A link back up to a folder containing
@@ -85,9 +96,11 @@ def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
             keep.append(d)
         dirnames[:] = keep
         for f in filenames:
-            if not is_image_file(Path(f)):
-                continue
             path = Path(dirpath, f)
+            if not _is_image(path):
+                if left_out is not None and not f.startswith("."):
+                    left_out.append(path)
+                continue
             if root_real is not None and path.is_symlink() and elsewhere_in_root(os.path.realpath(path)):
                 elsewhere.append(path)
             else:
@@ -99,8 +112,65 @@ def _scan_images(top: Path, root: Path | None = None) -> list[Path]:
     return sorted(found)
 
 
+def lookalike_hint(names: Sequence[str], train: set[str]) -> str:
+    """`` ('Cat' (U+0043 U+0061 U+0074) differs from the training class 'cat' (...): rename one of the
+    folders)`` for the ``names`` that print like a training class but are another string; else ''."""
+    alike = [f"{e!r} ({_code_points(e)}) differs from the training class {t!r} ({_code_points(t)})"
+             for e in names if (t := _lookalike(e, train))]
+    return f" ({'; '.join(alike)}: rename one of the folders)" if alike else ""
+
+
+def _lookalike(name: str, others: set[str]) -> str | None:
+    """A class of ``others`` that prints like ``name`` but is another string (case, spaces, compatibility
+    forms such as full-width letters)."""
+    def key(s: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", s).casefold().split())
+
+    return next((o for o in sorted(others) if o != name and key(o) == key(name)), None)
+
+
 def _pct(fraction: float) -> str:
     return f"{fraction * 100:g}%"
+
+
+def class_name(folder_name: str) -> str:
+    """A class folder's name as a class name: Unicode NFC, so that ``café`` typed on macOS (NFD, ``e`` + a
+    combining accent) and on Linux or Windows (NFC, ``é``) is one class."""
+    return unicodedata.normalize("NFC", folder_name)
+
+
+def _code_points(name: str) -> str:
+    return " ".join(f"U+{ord(ch):04X}" for ch in name)
+
+
+def left_out_message(left_out: Sequence[Path], where: str) -> str:
+    """One warning for the files that no command reads (not images by suffix nor by content)."""
+    suffixes = Counter(p.suffix.lower() or "(none)" for p in left_out)
+    by_suffix = ", ".join(f"{suf} {n}" for suf, n in suffixes.most_common(5))
+    shown = "\n".join(f"  {p}" for p in left_out[:10])
+    more = f"\n  ... and {len(left_out) - 10} more" if len(left_out) > 10 else ""
+    return (f"{len(left_out)} file(s) in {where} are not images and were left out (by suffix: {by_suffix}); "
+            "headstart reads JPEG, PNG, BMP, GIF, WebP, TIFF and PPM/PGM files whatever their suffix: convert "
+            f"the others (e.g. HEIC to JPEG) or move them away:\n{shown}{more}")
+
+
+def workable_fraction(labels: Sequence[int], seed: int, near: float = 0.15) -> float | None:
+    """Of a few usual fractions, the one nearest ``near`` for which the seeded stratified split of ``labels``
+    (as ``ImageFolder`` makes it) exists and leaves every class an image on both sides; None when none does."""
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(labels)
+    if len(counts) < 2 or min(counts.values()) < 2:
+        return None
+    for fraction in sorted((0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5), key=lambda f: (abs(f - near), f)):
+        try:
+            keep, held = train_test_split(list(labels), test_size=fraction, stratify=list(labels),
+                                          random_state=seed)
+        except ValueError:
+            continue
+        if set(keep) == set(counts) and set(held) == set(counts):
+            return fraction
+    return None
 
 
 class ImageFolder:
@@ -130,6 +200,7 @@ class ImageFolder:
         self.seed = seed
         self.test_fraction = test_fraction
         self.val_fraction = val_fraction
+        self.left_out: list[Path] = []  # files in class folders that are not images: counted, never read
 
         split_dirs = self._find_split_dirs()
         self.layout = "split" if split_dirs else "flat"
@@ -145,6 +216,8 @@ class ImageFolder:
             )
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self._check_split_classes(per_split)
+        if self.left_out:
+            warnings.warn(left_out_message(self.left_out, str(self.root)), stacklevel=2)
 
         self.splits: dict[str, list[Sample]] = {}
         self.split_source: dict[str, str] = {}
@@ -190,15 +263,29 @@ class ImageFolder:
             raise DatasetError(
                 f"{folder}: no class folders{hint}; put the images in one subfolder per class, e.g. {folder}/cat/1.jpg"
             )
-        by_class = {d.name: _scan_images(d, root=self.root) for d in class_dirs}
-        empty = [str(folder / c) for c, paths in by_class.items() if not paths]
+        by_name: dict[str, Path] = {}
+        for d in class_dirs:
+            name = class_name(d.name)
+            if name in by_name:  # two folders that look the same: which one the user meant is unknown
+                a, b = by_name[name].name, d.name
+                raise DatasetError(
+                    f"{folder}: the class folders {a!r} ({_code_points(a)}) and {b!r} ({_code_points(b)}) have "
+                    f"the same name written in two Unicode forms; merge them into one folder"
+                )
+            by_name[name] = d
+        by_class = {name: _scan_images(d, root=self.root, left_out=self.left_out) for name, d in by_name.items()}
+        empty = [str(by_name[c]) for c, paths in by_class.items() if not paths]
         if len(empty) == len(by_class):
             raise DatasetError(
                 f"{folder}: no images found in any class folder; "
                 f"supported suffixes are {', '.join(sorted(IMAGE_EXTENSIONS))}"
             )
         if empty:
-            raise DatasetError(f"empty class folder(s) with no images: {', '.join(empty)}; remove it or add images")
+            others = [p for p in self.left_out if any(_within(str(p), e) for e in empty)]
+            hint = (f" (the {len(others)} file(s) there are not images, e.g. {others[0].name}: headstart reads "
+                    "JPEG, PNG, BMP, GIF, WebP, TIFF and PPM/PGM)") if others else ""
+            raise DatasetError(f"empty class folder(s) with no images: {', '.join(empty)}{hint}; remove it or add "
+                               "images")
         return by_class
 
     def _check_split_classes(self, per_split: dict[str, dict[str, list[Path]]]) -> None:
@@ -213,8 +300,9 @@ class ImageFolder:
                     stacklevel=3,
                 )
             if extra := sorted(set(by_class) - train):
+                hint = lookalike_hint(extra, train)
                 warnings.warn(
-                    f"{self.root}: class(es) {', '.join(extra)} in {split} have no training images; "
+                    f"{self.root}: class(es) {', '.join(extra)} in {split} have no training images{hint}; "
                     "the model cannot learn them; add them to train/ or remove them",
                     stacklevel=3,
                 )
@@ -239,10 +327,20 @@ class ImageFolder:
                 list(range(len(train))), test_size=fraction, stratify=labels, random_state=self.seed
             )
         except ValueError as e:  # e.g. the held-out share is smaller than the number of classes
+            ok = workable_fraction(labels, self.seed, near=fraction)
+            fix = f"use --{split}-fraction {ok:g}, add images," if ok else "add images"
             raise DatasetError(
                 f"cannot make a stratified {_pct(fraction)} {split} split of {len(train)} images in "
-                f"{len(counts)} classes ({e}); add images, change the fraction, or provide a {split}/ folder"
+                f"{len(counts)} classes ({e}); {fix} or provide a {split}/ folder"
             ) from None
+        if missing := sorted(set(counts) - {labels[i] for i in keep}):  # every class must keep a training image
+            ok = workable_fraction(labels, self.seed, near=fraction)
+            fix = f"use --{split}-fraction {ok:g}, add images," if ok else "add images"
+            raise DatasetError(
+                f"a stratified {_pct(fraction)} {split} split of {len(train)} images leaves class(es) "
+                f"{', '.join(self.classes[y] for y in missing)} without a training image; {fix} or provide a "
+                f"{split}/ folder"
+            )
         # Keep scan order inside each split: deterministic and easy to read in the record.
         self.splits["train"] = [train[i] for i in sorted(keep)]
         self.splits[split] = [train[i] for i in sorted(held)]
@@ -290,6 +388,7 @@ class ImageFolder:
             "test_fraction": self.test_fraction,
             "val_fraction": self.val_fraction,
             "split_source": dict(self.split_source),
+            **({"left_out": [p.relative_to(self.root).as_posix() for p in self.left_out]} if self.left_out else {}),
             "splits": {
                 split: {
                     "paths": [s.path.relative_to(self.root).as_posix() for s in samples],
@@ -321,6 +420,7 @@ class ImageFolder:
         self.val_fraction = float(d.get("val_fraction", 0.0))
         self.layout = str(d.get("layout", "flat"))
         self.split_source = dict(d.get("split_source", {}))
+        self.left_out = [self.root / str(p) for p in d.get("left_out", []) if _relative_inside(str(p))]
         self.splits = {}
         missing: list[str] = []
         for split in _SPLIT_ORDER:
@@ -356,24 +456,32 @@ def _relative_inside(p: str) -> bool:
         and ".." not in win.parts
 
 
-def find_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Files to predict on: named files as given (any suffix), folders scanned recursively; sorted, unique."""
+def find_images(paths: Sequence[str | Path], left_out: list[Path] | None = None) -> list[Path]:
+    """Files to predict on: named files and folders (scanned recursively); sorted, unique.
+
+    The rule of ``fit`` and ``extract`` holds for both: a file with an image suffix is read (the decoder says
+    what is wrong with a bad one, a broken symlink included); a file with another suffix is read when its
+    content is an image, else left out, named in one warning, and appended to ``left_out``.
+    """
     found: list[Path] = []
+    skipped: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(_scan_images(p))
+            found.extend(_scan_images(p, left_out=skipped))
         elif p.exists() or p.is_symlink():
-            # Kept whatever its suffix (and when it is a broken or looping symlink): the decoder then says
-            # what is wrong with it.
-            found.append(p)
+            (found if is_image_file(p) or sniff_image(p) else skipped).append(p)
         else:
             raise DatasetError(f"{p}: no such file or directory; check the path")
+    if skipped:
+        warnings.warn(left_out_message(skipped, "the paths given"), stacklevel=2)
+        if left_out is not None:
+            left_out.extend(skipped)
     unique: dict[str, Path] = {}
     for p in sorted(found):
         unique.setdefault(os.path.realpath(p), p)
     if not unique:
         raise DatasetError(
-            f"no image files found in {', '.join(map(str, paths))}; supported suffixes are "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))}"
+            f"no image files found in {', '.join(map(str, paths))}; headstart reads JPEG, PNG, BMP, GIF, WebP, "
+            f"TIFF and PPM/PGM files (suffixes {', '.join(sorted(IMAGE_EXTENSIONS))}, or any suffix on such a file)"
         )
     return list(unique.values())

@@ -13,7 +13,8 @@ def _known(x: float | None) -> bool:
 
 def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
     test, counts = metrics["test"], metrics.get("counts", {})
-    lines = [
+    lines = _auto_lines(metrics["auto"], run_dir) if "auto" in metrics else []
+    lines += [
         f"strategy {metrics['strategy']} · model {metrics['model']} · "
         + (f"freeze {metrics['freeze']} stages" if "freeze" in metrics else f"layer {metrics.get('layer', '-')}")
         + (f" · C={metrics['C']:.3g}" if "C" in metrics else ""),
@@ -46,9 +47,40 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
         lines.append(line)
     if metrics.get("skipped_files"):
         lines.append(f"skipped {len(metrics['skipped_files'])} undecodable file(s): listed in metrics.json")
+    if metrics.get("left_out_files"):
+        lines.append(f"left out {len(metrics['left_out_files'])} file(s) that are not images: listed in metrics.json")
     t = metrics["timing"]
     lines.append("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in t.items()))
     extra = ", curves.jsonl, curves.svg, checkpoints/" if "training" in metrics else ""
-    lines.append(f"outputs: {run_dir}/ (config.toml, metrics.json, splits.json{extra}, bundle/)")
+    if "auto" in metrics:  # the kept candidate's curves are copied up; its checkpoints stay with it
+        extra = (", curves.jsonl, curves.svg" if "training" in metrics else "") + ", advice.json, candidates/"
+    lines.append(f"outputs: {run_dir}/ (config.toml, metrics.json, splits.json, summary.txt{extra}, bundle/)")
     lines.append(f"predict: headstart predict --model {run_dir} IMAGE...")
     return "\n".join(lines)
+
+
+def _auto_lines(auto: dict[str, Any], run_dir: str | Path) -> list[str]:
+    """What ``--strategy auto`` planned, why, what it compared (validation figures and cost) and kept."""
+    plan = auto["plan"]
+    lines = [f"auto: {plan['summary']}"] + [f"  - {e}" for e in plan["evidence"]]
+    lines.append("  compared on validation (the test split is never used to choose):")
+    for c in auto["candidates"]:
+        if not c["ran"]:
+            lines.append(f"    {c['role']}: {c['what']}: not run, {c['skipped']}")
+            continue
+        epochs = c.get("epochs")
+        what = c["what"] + (f", {epochs['run_with']} epochs" if epochs else "")
+        if epochs and epochs["run_with"] < epochs["advised"]:
+            what += f" (of {epochs['advised']} advised, cut to fit the budget)"
+        figure = (f"{c['val_accuracy']:.1%} +- {100 * c['val_se']:.1f} ({c['val_protocol']}, {c['val_images']} "
+                  "images)" if _known(c["val_accuracy"]) else f"no figure ({c['val_protocol']})")
+        lines.append(f"    {c['role']}: {what}: val {figure}; took {_dur(c['cost_s'])} "
+                     f"(estimated {_dur(c['estimated_s'])})")
+    kept = next(c for c in auto["candidates"] if c["role"] == auto["winner_role"])
+    lines += [f"  kept {auto['winner']} ({auto['winner_role']}): {auto['why']}",
+              f"  its own config: {Path(run_dir) / kept['dir'] / 'config.toml'} (fit --config reruns it alone)"]
+    return lines
+
+
+def _dur(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.1f} min"

@@ -40,14 +40,16 @@ def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str =
 
 def _extract(data: Path, out: Path, backbone: Backbone, taps: tuple[str, ...], *, backend: str, batch_size: int,
              cache_root: Path, seed: int, progress: bool) -> str:
+    left_out: list[Path] = []  # files that are not images (by suffix nor by content): named in a warning, counted
     try:
         ds = ImageFolder(data, seed=seed)
         rows = [(s.path, s.label, split) for split, items in ds.splits.items() for s in items]
         classes: list[str] | None = ds.classes
+        left_out = ds.left_out
     except DatasetError:
         if not Path(data).is_dir() or len(_visible_dirs(Path(data))) >= 2:
             raise
-        rows = [(p, -1, "") for p in find_images([data])]  # unlabelled: a folder of images
+        rows = [(p, -1, "") for p in find_images([data], left_out=left_out)]  # unlabelled: a folder of images
         classes = None
     cache = FeatureCache(cache_root)
     result = extract_codes([r[0] for r in rows], backbone, list(taps), cache=cache, out_dir=out, backend=backend,
@@ -64,5 +66,6 @@ def _extract(data: Path, out: Path, backbone: Backbone, taps: tuple[str, ...], *
     dims = ", ".join(f"{t} {backbone.num_features[t]}" for t in taps)
     batch = f"batch size {result.batch_size} (auto) · " if batch_size == 0 else ""
     return (f"{len(result.index)} images → {out}/ (codes_<tap>.npy float16: {dims}; index.json) · "
-            f"{result.n_computed} computed, {result.n_cached} from cache, {len(result.failures)} skipped · "
+            f"{result.n_computed} computed, {result.n_cached} from cache, {len(result.failures)} skipped"
+            f"{f', {len(left_out)} left out (not images)' if left_out else ''} · "
             f"{batch}{result.seconds:.1f}s")

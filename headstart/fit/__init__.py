@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from headstart.config import FitConfig
+from headstart.errors import ConfigError
 
 
-def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrite: bool = False,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``cfg.strategy`` end to end; writes ``cfg.out`` (config.toml, splits.json, metrics.json, curves,
     bundle/, summary.txt, and run.json last) and returns the metrics (as in metrics.json).
+
+    ``strategy = "auto"`` advises, runs the plan (and, within ``cfg.auto.budget``, the runner-up) as
+    candidate runs in ``cfg.out/candidates/<strategy>/``, and makes the better on validation the run's own
+    (``headstart.fit.auto``). ``on_epoch_end(row)`` sees each fine-tuning epoch's curves row.
 
     ``resume`` continues a killed fine-tuning run from its last checkpoint in ``cfg.out``. ``cfg.out`` has one
     writer at a time (a second process gets one line naming the first's PID); a folder holding another
@@ -27,13 +34,20 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
     )
     from headstart.io import lock_dir, new_run_id
 
+    if resume and cfg.strategy == "auto":
+        raise ConfigError("--resume continues a fine-tuning run; an auto run restarts its candidates: run the "
+                          "same command again without --resume (the codes advise extracted stay cached)")
     check_output_places(cfg)
     with lock_dir(cfg.out):
         claim_run_dir(cfg, overwrite=overwrite, resume=resume)
-        if cfg.strategy == "finetune":
+        if cfg.strategy == "auto":
+            from headstart.fit.auto import fit_auto
+
+            metrics = fit_auto(cfg, progress=progress)
+        elif cfg.strategy == "finetune":
             from headstart.fit.finetune import fit_finetune
 
-            metrics = fit_finetune(cfg, progress=progress, resume=resume)
+            metrics = fit_finetune(cfg, progress=progress, resume=resume, on_epoch_end=on_epoch_end)
         else:
             from headstart.fit.linear import fit_linear
 

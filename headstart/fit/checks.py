@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from headstart.data.folder import Sample
+from headstart.data.decode import header_size
+from headstart.data.folder import Sample, workable_fraction
 from headstart.errors import ConfigError, DatasetError
 
 __all__ = ["SPLIT_IDS", "check_cv_folds", "count_duplicates_across_splits", "require_training_images", "size_cue"]
@@ -29,15 +29,35 @@ def require_training_images(classes: Sequence[str], labels: np.ndarray, split: n
                            "skipped: see the warnings above); replace those files, or remove the class folder")
 
 
-def check_cv_folds(labels: np.ndarray, classes: Sequence[str], folds: int) -> None:
+def check_cv_folds(labels: np.ndarray, classes: Sequence[str], folds: int, *, seed: int | None = None,
+                   finetune: bool = False) -> None:
     """Stratified k-fold cross-validation needs every class in every fold: at least ``folds`` training images
-    per class. Checked on the listed files before any is read, and again on the decoded ones."""
+    per class. Checked on the listed files before any is read, and again on the decoded ones.
+
+    The message suggests only what works: fewer folds when every class has 2+ images; a validation share
+    when ``seed`` is given (``labels`` are then the train split a val split would be carved from, so the very
+    split is tried); for fine-tuning, a random head, which needs no probe; and always more images or a val/
+    folder.
+    """
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
-    if counts.min() < folds:
-        c = int(counts.argmin())
-        raise ConfigError(f"class {classes[c]!r} has only {counts[c]} training images, fewer than the {folds} "
-                          f"cross-validation folds (linear.cv_folds); use --cv-folds {max(2, counts[c])} or "
-                          "fewer, or --val-fraction 0.15")
+    if counts.min() >= folds:
+        return
+    c = int(counts.argmin())
+    n = int(counts[c])
+    fixes = []
+    if n >= 2:
+        fixes.append(f"use --cv-folds {n}")
+    if seed is not None and (fraction := workable_fraction(np.asarray(labels).tolist(), seed)) is not None:
+        fixes.append(f"use --val-fraction {fraction:g} (choices on a validation split instead)")
+    if finetune:
+        fixes.append("use --head-init random (no linear probe, so no cross-validation)")
+    few = [classes[i] for i in np.flatnonzero(counts < folds)]
+    fixes.append(f"add images ({folds} per class for {folds} folds)")
+    fixes.append("provide a val/ folder")
+    names = ", ".join(repr(x) for x in few[:5]) + (f" and {len(few) - 5} more" if len(few) > 5 else "")
+    raise ConfigError(f"class {classes[c]!r} has only {n} training image{'s' if n != 1 else ''}, fewer than the "
+                      f"{folds} cross-validation folds (linear.cv_folds) that choose C and the layer when there is "
+                      f"no validation split (too few: {names}); {', or '.join(fixes)}")
 
 
 def count_duplicates_across_splits(hashes: Sequence[str], split: np.ndarray, paths: Sequence[Path]) -> int:
@@ -71,11 +91,10 @@ def size_cue(samples: Sequence[Sample], classes: Sequence[str], *, max_images: i
     picked = [samples[i] for i in sorted(rng.permutation(len(samples))[:max_images])]
     sizes: list[tuple[tuple[int, int], int]] = []
     for s in picked:
-        try:
-            with Image.open(s.path) as im:  # the header only: no decoding
-                sizes.append((im.size, s.label))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            continue  # reported by the decoder's own check
+        # The header only; a file that cannot be opened is reported by the decoder, which names it (Pillow's
+        # decompression-bomb warning would not).
+        if (size := header_size(s.path)) is not None:
+            sizes.append((size, s.label))
     if len(sizes) < 20:
         return None
     (w, h), _ = Counter(size for size, _ in sizes).most_common(1)[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,11 @@ def _snapshot_members(model: Backbone, result: TrainResult, start: dict[str, tor
     return members
 
 
-def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
+                 on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the whole fine-tuning strategy; writes RUN_DIR (curves, checkpoints, bundle, metrics.json) and
-    returns the metrics dict. Its test figure is computed from the saved bundle, as `headstart evaluate` does."""
+    returns the metrics dict. Its test figure is computed from the saved bundle, as `headstart evaluate` does.
+    ``on_epoch_end(row)`` sees each epoch's curves row (``fit --strategy auto`` shows progress with it)."""
     cfg = cfg.validate()
     ft = cfg.finetune
     run, ds = start_run(cfg)
@@ -129,7 +132,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
                    ema_warmup=ft.ema_warmup, patience=ft.patience,
                    snapshot_epochs=cycle_ends(ft.schedule, ft.epochs) if ft.snapshots else (),
                    seed=cfg.data.seed, run_dir=run.path, resume=resume, batch_size=batch_size,
-                   backend=cfg.engine.backend)
+                   backend=cfg.engine.backend, on_epoch_end=on_epoch_end)
     train_s = time.perf_counter() - t0
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
     if val_set is not None:
@@ -167,6 +170,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False)
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                      "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
         "skipped_files": codes.skipped_files(),
+        "left_out_files": [str(p) for p in ds.left_out],  # not images: never read
         "duplicates_across_splits": codes.duplicates, "cautions": run.cautions, "batch_size": batch_size,
         "timing": {"probe_s": round(probe_s, 3), "train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
     }

@@ -55,6 +55,7 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
         "test": test_metrics,
         "selection": table,
         "skipped_files": codes.skipped_files(),
+        "left_out_files": [str(p) for p in ds.left_out],  # not images: never read
         "duplicates_across_splits": codes.duplicates, "cautions": run.cautions, "batch_size": codes.batch_size,
         "timing": {"extract_s": round(extract_s, 3), "fit_s": round(fit_s, 3)},
     }

@@ -32,7 +32,7 @@ def select(codes: Codes, candidates: list[Layer], cfg: FitConfig,
     Cs = [cfg.linear.C] if cfg.linear.C > 0 else None
     tr, va = codes.split == SPLIT_IDS["train"], codes.split == SPLIT_IDS["val"]
     if not va.any():
-        check_cv_folds(codes.labels[tr], classes, cfg.linear.cv_folds)
+        check_cv_folds(codes.labels[tr], classes, cfg.linear.cv_folds, finetune=cfg.strategy == "finetune")
     table = []
     for layer in candidates:
         if va.any():

@@ -13,7 +13,8 @@ import tomli_w
 
 from headstart.config import FitConfig, load_toml, to_dict
 from headstart.data import ImageFolder
-from headstart.errors import ConfigError, HeadstartError
+from headstart.data.folder import lookalike_hint
+from headstart.errors import ConfigError, DatasetError, HeadstartError
 from headstart.fit.checks import check_cv_folds, size_cue
 from headstart.io import (
     LOCK_NAME,
@@ -44,12 +45,24 @@ class RunDir:
         return self.write_text(name, json.dumps(data, indent=2))
 
     def write_config(self, cfg: FitConfig) -> Path:
-        return self.write_text("config.toml", tomli_w.dumps(to_dict(cfg)))
+        return self.write_text("config.toml", tomli_w.dumps(recorded_config(cfg)))
 
     def write_text(self, name: str, text: str) -> Path:
         dest = self.path / name
         atomic_write(dest, text.encode("utf-8", "surrogateescape"))
         return dest
+
+
+def recorded_config(cfg: FitConfig) -> dict[str, Any]:
+    """``cfg`` as config.toml records it: ``data.path`` absolute, so that ``fit --config RUN/config.toml`` (and
+    ``--resume``) from any folder reads the same images."""
+    d = to_dict(cfg)
+    d["data"]["path"] = _absolute(d["data"]["path"])
+    return d
+
+
+def _absolute(path: Any) -> Any:
+    return os.path.abspath(os.path.expanduser(path)) if isinstance(path, str) and path else path
 
 
 def open_dataset(cfg: FitConfig) -> ImageFolder:
@@ -64,13 +77,20 @@ def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
     need no decoding run here too; their findings go to ``run.cautions`` (for metrics.json). A dataset that
     cannot be used (missing, a class with too few images for the folds) is refused before RUN_DIR is made."""
     ds = open_dataset(cfg)
+    trained = {s.label for s in ds.splits.get("train", [])}
+    if untrained := [c for i, c in enumerate(ds.classes) if i not in trained]:  # only in val/ or test/
+        raise DatasetError(f"class(es) {', '.join(untrained)} have no folder in train/, only in "
+                           f"{'/ or '.join(s for s in ('val', 'test') if s in ds.splits)}/, so the model cannot learn "
+                           f"them{lookalike_hint(untrained, {ds.classes[i] for i in trained})}; add them to train/, "
+                           "or remove them")
     if not ds.splits.get("test"):  # checked before training: the figure a run exists to report
         raise ConfigError(f"{cfg.data.path} has no test/ folder and --test-fraction is 0, so no image is left to "
                           "measure the classifier on; set --test-fraction (e.g. 0.2) or add a test/ folder")
     uses_cv = cfg.strategy == "linear" or cfg.finetune.head_init == "probe"
     if uses_cv and not ds.splits.get("val"):  # C (and the layer) chosen by cross-validation on train
         train = ds.splits.get("train", [])
-        check_cv_folds(np.array([s.label for s in train], dtype=np.int64), ds.classes, cfg.linear.cv_folds)
+        check_cv_folds(np.array([s.label for s in train], dtype=np.int64), ds.classes, cfg.linear.cv_folds,
+                       seed=cfg.data.seed, finetune=cfg.strategy == "finetune")
     run = RunDir(cfg.out)
     run.write_config(cfg)
     run.write_json("splits.json", ds.to_dict())
@@ -155,7 +175,9 @@ def _config_diff(old: Path, cfg: FitConfig) -> str:
         before = _flat(load_toml(old))
     except HeadstartError:
         return "its config.toml is unreadable"
-    now = _flat(to_dict(cfg))
+    # Older runs recorded data.path as typed: relative to the folder fit ran in, which is this one for a rerun.
+    before["data.path"] = _absolute(before.get("data.path"))
+    now = _flat(recorded_config(cfg))
     keys = sorted((k for k in set(before) | set(now) if before.get(k) != now.get(k)),
                   key=lambda k: (k.count("."), k))  # top-level options (strategy, model) first
     shown = [f"{k} {before.get(k, '-')!r} → {now.get(k, '-')!r}" for k in keys[:3]]

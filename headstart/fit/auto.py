@@ -1,0 +1,217 @@
+"""Strategy "auto": ``headstart advise``'s plan, run; within the time budget its runner-up too; the better
+on validation (or cross-validation) becomes the run. The test split is never looked at to choose.
+
+1. advise reads every non-test image once (its codes of every stage are cached, so what follows reuses them)
+   and makes the plan: the quadrant, a strategy with its options, and a runner-up of the other strategy.
+2. Each option becomes a concrete ``FitConfig`` (``plan_to_config``: the plan's options on top of the
+   user's) and runs as a complete run in ``RUN/candidates/<strategy>/``. The linear candidate runs first: it
+   costs about a minute, and a fine-tuning candidate then gets a known remainder of the budget, its epochs
+   cut to fit (``auto_cost``). The runner-up runs only when its estimate fits what is left.
+3. ``compare.choose`` keeps the plan unless the runner-up's validation figure is better by more than the
+   noise of the two figures; the kept candidate's bundle, splits and curves are copied up, so ``headstart
+   evaluate RUN`` and ``predict -m RUN`` work as on any run. metrics.json and summary.txt say why.
+
+    fit(FitConfig(out="runs/a", strategy="auto", data=DataConfig(path="photos")))["auto"]["winner"]  # 'linear'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from headstart.advise.plan import Plan
+from headstart.config import FitConfig, deep_update, from_dict, to_dict
+from headstart.fit.auto_cost import (
+    BackboneCost,
+    Counts,
+    epochs_within,
+    estimate_seconds,
+)
+from headstart.fit.compare import Candidate, choose, comparison_record
+from headstart.fit.rundir import RunDir, open_dataset
+from headstart.io import LOCK_NAME, tmp_path_for
+
+__all__ = ["CANDIDATES", "fit_auto", "plan_to_config"]
+
+CANDIDATES = "candidates"  # RUN/candidates/<strategy>/: one complete run per candidate
+# The kept candidate's files that make it the run's own (bundle, split, curves); its config stays with it,
+# and RUN/config.toml remains the auto configuration that made the whole run.
+_PROMOTED = ("bundle", "splits.json", "curves.jsonl", "curves.svg")
+
+
+def plan_to_config(plan: Plan | Mapping[str, Any], cfg: FitConfig, *, runner_up: bool = False) -> FitConfig:
+    """The run of the plan (or of its runner-up): the plan's options (``Plan.config``) on top of ``cfg``'s,
+    writing to ``cfg.out/candidates/<strategy>``. Options the plan does not set (seed, batch size, cache,
+    learning rate...) keep the user's values.
+
+        plan_to_config(advice["plan"], cfg).finetune.freeze   # e.g. 5
+    """
+    p = plan.to_dict() if isinstance(plan, Plan) else plan
+    option = p["runner_up"] if runner_up else p
+    if not option.get("config"):
+        raise ValueError("the plan has no config; it was made by an older headstart: advise again")
+    merged = deep_update(to_dict(cfg), option["config"])
+    merged["out"] = str(Path(cfg.out) / CANDIDATES / option["strategy"])
+    return from_dict(FitConfig, merged).validate()
+
+
+def fit_auto(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run the whole auto strategy in ``cfg.out`` (the caller, ``fit``, holds its lock); returns metrics."""
+    from headstart.advise import advise
+    from headstart.models import create_model
+
+    t_start = time.perf_counter()
+    say = _Say(progress, t_start)
+    run = RunDir(cfg.out)
+    _clear_previous(run.path)
+    run.write_config(cfg)
+    say("step 1/3 · advise: dataset facts, every stage's codes scored, the plan")
+    advice = advise(cfg.data.path, model=cfg.model, seed=cfg.data.seed, cache_dir=cfg.engine.cache_dir or None,
+                    batch_size=cfg.engine.batch_size, backend=cfg.engine.backend, progress=progress,
+                    test_fraction=cfg.data.test_fraction)
+    run.write_json("advice.json", advice)
+    plan = advice["plan"]
+    advise_s = time.perf_counter() - t_start
+    say(f"plan: {plan['summary']}")
+
+    cost = BackboneCost.of(create_model(cfg.model))
+    cands = [Candidate("plan", plan["strategy"], _what(plan), plan_to_config(plan, cfg)),
+             Candidate("runner-up", plan["runner_up"]["strategy"], plan["runner_up"]["what"],
+                       plan_to_config(plan, cfg, runner_up=True))]
+    counts = {c.strategy: _counts(c.cfg) for c in cands}
+    budget_s = cfg.auto.budget * 60
+    # Linear first: it is cheap, and the fine-tuning candidate then gets a known remainder, cut to fit.
+    order = sorted(cands, key=lambda c: c.strategy != "linear")
+    for i, c in enumerate(order):
+        left = budget_s - (time.perf_counter() - t_start)
+        if c.role == "runner-up":
+            if budget_s == 0:
+                c.skipped = "--budget 0 runs the plan alone"
+                continue
+            # Running first, it must leave the plan at least its fewest epochs.
+            room = left - (_floor_cost(order[1], counts, cost) if i == 0 else 0.0)
+            c.cfg = epochs_within(c.cfg, room, counts[c.strategy], cost)
+            c.estimate_s = estimate_seconds(c.cfg, counts[c.strategy], cost)
+            if c.estimate_s > room:
+                c.skipped = (f"estimated {_dur(c.estimate_s)}, more than the {_dur(max(room, 0.0))} the "
+                             f"{cfg.auto.budget:g}-minute budget left it")
+                say(f"runner-up not run ({c.what}): {c.skipped}")
+                continue
+        else:
+            if budget_s > 0:
+                c.cfg = epochs_within(c.cfg, left, counts[c.strategy], cost)
+            c.estimate_s = estimate_seconds(c.cfg, counts[c.strategy], cost)
+        epochs = ""
+        if c.strategy == "finetune":
+            cut = c.cfg.finetune.epochs < c.advised_epochs
+            epochs = f", {c.cfg.finetune.epochs} epochs" + (f" (cut from {c.advised_epochs} to fit the budget)"
+                                                            if cut else "")
+        say(f"step {2 + i}/3 · candidate {i + 1} of 2 ({c.role}): {c.what}{epochs} · estimated "
+            f"{_dur(c.estimate_s)}, ETA {_clock(c.estimate_s)}")
+        _run(c, progress=progress, on_epoch_end=say.epoch(c) if progress else None)
+
+    winner, why = choose([c for c in cands if c.metrics is not None])
+    say(f"kept {winner.strategy} ({winner.role}): {why}")
+    _promote(run.path, Path(winner.cfg.out))
+    metrics = dict(winner.metrics or {})
+    metrics["auto"] = {"plan": plan, "advise_s": round(advise_s, 2), "budget_min": cfg.auto.budget,
+                       "candidates": [comparison_record(c, run.path) for c in cands],
+                       "winner": winner.strategy, "winner_role": winner.role, "why": why,
+                       "total_s": round(time.perf_counter() - t_start, 2)}
+    metrics["timing"] = {"advise_s": round(advise_s, 2)} | {
+        f"{c.strategy}_s": round(c.cost_s, 2) for c in cands if c.metrics is not None} | {
+        "total_s": metrics["auto"]["total_s"]}
+    run.write_json("metrics.json", metrics)
+    return metrics
+
+
+def _run(c: Candidate, *, progress: bool, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> None:
+    """One candidate as a complete run of its own (locked, summarised and sealed by ``fit``)."""
+    from headstart.fit import fit
+
+    t0 = time.perf_counter()
+    c.metrics = fit(c.cfg, progress=progress, overwrite=True, on_epoch_end=on_epoch_end)
+    c.cost_s = time.perf_counter() - t0
+
+
+def _what(plan: Mapping[str, Any]) -> str:
+    return plan["summary"].rpartition(" -> ")[2]
+
+
+def _counts(cfg: FitConfig) -> Counts:
+    ds = open_dataset(cfg)  # lists the folder; cheap, and the candidate's own val split
+    return Counts(*(len(ds.splits.get(k, [])) for k in ("train", "val", "test")))
+
+
+def _floor_cost(c: Candidate, counts: dict[str, Counts], cost: BackboneCost) -> float:
+    """What the plan costs at the fewest epochs it may be cut to: reserved before the runner-up runs first."""
+    return estimate_seconds(epochs_within(c.cfg, 0.0, counts[c.strategy], cost), counts[c.strategy], cost)
+
+
+def _clear_previous(out: Path) -> None:
+    """Empty the run folder but its lock (``fit`` has already refused a folder that holds anything but this
+    run, unless --overwrite): a rerun restarts its candidates, and none of an earlier attempt's files may
+    be promoted or sealed as this run's."""
+    for p in out.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _promote(out: Path, cand: Path) -> None:
+    """Copy the kept candidate's bundle, split and curves into the run; each lands whole (copied beside,
+    then renamed), so a kill never leaves a half-copied bundle under the run's name."""
+    for name in _PROMOTED:
+        src, dest = cand / name, out / name
+        if not src.exists():
+            continue
+        tmp = tmp_path_for(dest)
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+        else:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+
+
+def _dur(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _clock(seconds_from_now: float) -> str:
+    return time.strftime("%H:%M", time.localtime(time.time() + seconds_from_now))
+
+
+class _Say:
+    """Progress lines on stderr (stdout stays the summary's): which step runs, its estimate and ETA."""
+
+    def __init__(self, enabled: bool, t0: float) -> None:
+        self.enabled, self.t0 = enabled, t0
+
+    def __call__(self, line: str) -> None:
+        if self.enabled:
+            elapsed = time.perf_counter() - self.t0
+            sys.stderr.write(f"auto [{_dur(elapsed):>8}] {line}\n")
+            sys.stderr.flush()
+
+    def epoch(self, c: Candidate) -> Callable[[dict[str, Any]], None]:
+        """A fine-tuning candidate's per-epoch line, its ETA from the epochs measured so far."""
+        seconds: list[float] = []
+
+        def on_epoch_end(row: dict[str, Any]) -> None:
+            seconds.append(float(row["seconds"]))
+            rest = (c.cfg.finetune.epochs - row["epoch"]) * sum(seconds) / len(seconds)
+            acc = row.get("val_acc")
+            val = f"val acc {acc:.1%} · " if acc is not None and not math.isnan(acc) else ""
+            self(f"  epoch {row['epoch']}/{c.cfg.finetune.epochs} · {val}{seconds[-1]:.0f} s/epoch · "
+                 f"ETA {_clock(rest)} (at most {_dur(rest)} more; early stopping may end it sooner)")
+
+        return on_epoch_end
