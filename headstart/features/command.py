@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.data import ImageFolder, find_images
-from headstart.data.folder import _visible_dirs
+from headstart.data.scan import visible_dirs
 from headstart.errors import ConfigError, DatasetError
 from headstart.features.cache import FeatureCache, check_cache_dir
 from headstart.features.export import write_codes
@@ -47,7 +47,7 @@ def _extract(data: Path, out: Path, backbone: Backbone, taps: tuple[str, ...], *
         classes: list[str] | None = ds.classes
         left_out = ds.left_out
     except DatasetError:
-        if not Path(data).is_dir() or len(_visible_dirs(Path(data))) >= 2:
+        if not Path(data).is_dir() or len(visible_dirs(Path(data))) >= 2:
             raise
         rows = [(p, -1, "") for p in find_images([data], left_out=left_out)]  # unlabelled: a folder of images
         classes = None

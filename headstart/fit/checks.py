@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from headstart.data.decode import header_size
-from headstart.data.folder import Sample, workable_fraction
+from headstart.data.folder import Sample
+from headstart.data.scan import workable_fraction
 from headstart.errors import ConfigError, DatasetError
 
 __all__ = ["SPLIT_IDS", "check_cv_folds", "count_duplicates_across_splits", "require_training_images", "size_cue"]

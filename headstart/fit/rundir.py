@@ -13,7 +13,7 @@ import tomli_w
 
 from headstart.config import FitConfig, load_toml, to_dict
 from headstart.data import ImageFolder
-from headstart.data.folder import lookalike_hint
+from headstart.data.scan import lookalike_hint
 from headstart.errors import ConfigError, DatasetError, HeadstartError
 from headstart.fit.checks import check_cv_folds, size_cue
 from headstart.io import (
