@@ -34,6 +34,10 @@ STRATEGIES = ("linear", "finetune", "auto")
 HEAD_INITS = ("probe", "random")
 HEADS = ("softmax", "svm")
 TTA_MODES = ("none", "flip", "10crop", "multiscale")
+SELECTIONS = ("auto", "cv", "val")
+# Below this many train+val images, one validation split is too small to choose a layer or C on (issue 14):
+# selection "auto" cross-validates, repeatedly. Above it, the split is large and CV's cost grows.
+CV_BELOW_IMAGES = 2000
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,11 @@ class LinearConfig:
     class_weight: str = setting("", choices=("", "balanced"), flag="--class-weight",
                                 help="'balanced' to reweight rare classes")
     standardize: bool = setting(True, flag="--standardize", help="standardise the codes before the head")
-    cv_folds: int = setting(5, ge=2, flag="--cv-folds", help="folds for choosing C/layer when there is no "
-                            "validation split")
+    cv_folds: int = setting(5, ge=2, flag="--cv-folds", help="folds for choosing C/layer by cross-validation")
+    selection: str = setting("auto", choices=SELECTIONS, flag="--selection", help="how the layer and C are chosen: "
+                             "cv = repeated stratified k-fold on train+val, and an earlier layer only if better "
+                             "than the top codes by more than one standard error; val = on the validation split; "
+                             f"auto = cv below {CV_BELOW_IMAGES:,} train+val images, else val")
 
     def __post_init__(self) -> None:
         check_settings(self, "linear")

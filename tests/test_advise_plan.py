@@ -34,7 +34,7 @@ def test_small_and_far_is_a_linear_classifier_on_the_better_earlier_stage() -> N
                             "19 points) -> linear classifier on stage-4 codes")
     assert plan.runner_up["strategy"] == "finetune"
     cfg = config_from_argv(shlex.split(plan.command)[2:])  # the command is quoted for a shell
-    assert (cfg.strategy, cfg.linear.layer, cfg.data.val_fraction, cfg.data.path) == ("linear", "stage4", 0.0,
+    assert (cfg.strategy, cfg.linear.layer, cfg.data.val_fraction, cfg.data.path) == ("linear", "stage4", 0.15,
                                                                                     "my images")
 
 

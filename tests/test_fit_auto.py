@@ -44,7 +44,7 @@ def _signals(per_class: float, accuracies: list[float], **kw: Any) -> Signals:
 
 
 @pytest.mark.parametrize(("per_class", "accuracies", "kw"), [
-    (38, [0.70, 0.82, 0.78, 0.72, 0.66, 0.63], {"imbalance": 4.0}),  # small, far: linear on stage4, CV, balanced
+    (38, [0.70, 0.82, 0.78, 0.72, 0.66, 0.63], {"imbalance": 4.0}),  # small, far: linear on stage4, balanced
     (300, [0.70, 0.78, 0.83, 0.86, 0.89, 0.90], {"size_cue": True}),  # large, close: fine-tune, cue augmentation
 ])
 def test_plan_to_config_is_the_config_the_plans_command_builds(per_class: float, accuracies: list[float],
@@ -64,7 +64,7 @@ def test_plan_to_config_is_the_config_the_plans_command_builds(per_class: float,
     assert ft.finetune.tta == "flip" and ft.finetune.ema == 0.999
     if per_class < LARGE_PER_CLASS:
         lin = plan_to_config(plan, user)
-        assert (lin.linear.layer, lin.data.val_fraction, lin.linear.class_weight) == ("stage4", 0.0, "balanced")
+        assert (lin.linear.layer, lin.data.val_fraction, lin.linear.class_weight) == ("stage4", 0.15, "balanced")
     else:
         assert (ft.finetune.augment.downscale, ft.finetune.augment.saturation) == (0.8, 0.3)
 
@@ -138,8 +138,8 @@ def test_budget_zero_runs_the_plan_alone_as_the_run(split_folder: Path, tmp_path
             (auto["plan"]["freeze"], settings["epochs"], 0.999, "flip")
         assert m["test"]["tta"] == "flip" and (out / "curves.jsonl").is_file()
     else:
-        assert (cand.linear.layer, cand.data.val_fraction) == (auto["plan"]["layer"], 0.0)
-        assert m["layer"] == auto["plan"]["layer"]
+        assert (cand.linear.layer, cand.data.val_fraction) == (auto["plan"]["layer"], 0.15)
+        assert m["layer"] == auto["plan"]["layer"] and "cross-validation x3 on train+val" in m["val"]["protocol"]
     assert config_from_argv(["--config", str(out / "config.toml")]).strategy == "auto"
     bundle = json.loads((out / "bundle" / "bundle.json").read_text())
     assert bundle["kind"] == strategy

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from headstart.config import CV_BELOW_IMAGES
 from headstart.models import POOLED
 
 __all__ = ["Plan", "Signals", "finetune_epochs", "make_plan", "tap_words"]
@@ -171,15 +172,13 @@ def _command(data: str, flags: list[str], out: str) -> str:
 
 
 def _linear(sig: Signals, tap: str, data: str) -> dict[str, Any]:
-    settings: dict[str, Any] = {"layer": tap, "C": "chosen by 5-fold cross-validation on train",
+    # C: fit's own rule (linear.selection auto): repeated cross-validation on train+val below 2,000 images,
+    # where one 15% validation split is noise (issue 14), else the validation split.
+    settings: dict[str, Any] = {"layer": tap, "C": "chosen by repeated cross-validation on train+val "
+                                f"(the validation split from {CV_BELOW_IMAGES:,} images)",
                                 "augmentation": "none (codes of the centre crop)"}
     flags = ["--layer", tap]
     config: dict[str, Any] = {"strategy": "linear", "linear": {"layer": tap}}
-    if sig.per_class_median < LARGE_PER_CLASS:
-        # One 15% validation split of a small dataset is noise (issue 14): cross-validate C instead.
-        flags += ["--val-fraction", "0"]
-        settings["val_fraction"] = 0
-        config["data"] = {"val_fraction": 0.0}
     if sig.imbalance >= CLASS_WEIGHT_IMBALANCE:
         flags += ["--class-weight", "balanced"]
         settings["class_weight"] = "balanced"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-__all__ = ["ProbeScore", "cv_plan", "one_se_choice", "probe_accuracy"]
+__all__ = ["ProbeScore", "cv_plan", "cv_repeats", "one_se_choice", "probe_accuracy"]
 
 # Ridge strengths relative to the mean eigenvalue of the fold's Gram matrix: from barely regularised to
 # shrinking every direction; scale-free, so one grid fits taps of 16 and of 1,280 channels.
@@ -53,12 +53,16 @@ class ProbeScore:
         return float(np.std(self.fold_accuracies, ddof=1) / np.sqrt(self.folds))
 
 
+def cv_repeats(images: int) -> int:
+    """Repeats of k-fold: 3 on small data, where one partition's luck moves the estimate most, 2 from 1,000."""
+    return 3 if images < 1000 else 2
+
+
 def cv_plan(labels: np.ndarray, *, max_folds: int = 5) -> tuple[int, int]:
-    """``(k, repeats)``: 5 folds where every class has 5 images, fewer otherwise (at least 2); 3 repeats on
-    small data, where one partition's luck moves the estimate most, 2 from 1,000 images."""
+    """``(k, repeats)``: 5 folds where every class has 5 images, fewer otherwise (at least 2); ``cv_repeats``."""
     counts = np.bincount(np.asarray(labels))
     counts = counts[counts > 0]
-    return max(2, min(max_folds, int(counts.min()))), 3 if len(labels) < 1000 else 2
+    return max(2, min(max_folds, int(counts.min()))), cv_repeats(len(labels))
 
 
 def probe_accuracy(X: np.ndarray, y: np.ndarray, *, seed: int, folds: int = 5, repeats: int = 3) -> ProbeScore:

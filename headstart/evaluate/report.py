@@ -32,9 +32,14 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
     lines += [f"caution: {c}" for c in metrics.get("cautions", [])]
     worst = sorted(test["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
     lines.append("lowest recall: " + ", ".join(f"{c} {m['recall']:.0%}" for c, m in worst))
-    if len(metrics.get("selection", [])) > 1:
-        ranked = sorted(metrics["selection"], key=lambda r: -r["val_accuracy"])
-        lines.append("layers tried (val acc): " + ", ".join(f"{r['layer']} {r['val_accuracy']:.1%}" for r in ranked))
+    if len(rows := metrics.get("selection", [])) > 1:
+        if all("probe_cv_accuracy" in r for r in rows):  # cross-validated: the ridge probe ranked the layers
+            ranked = sorted(rows, key=lambda r: -r["probe_cv_accuracy"])
+            lines.append("layers tried (ridge probe, CV acc +- se): " + ", ".join(
+                f"{r['layer']} {r['probe_cv_accuracy']:.1%} +- {100 * r['probe_cv_se']:.1f}" for r in ranked))
+        else:
+            ranked = sorted(rows, key=lambda r: -r["val_accuracy"])
+            lines.append("layers tried (val acc): " + ", ".join(f"{r['layer']} {r['val_accuracy']:.1%}" for r in ranked))
     if "training" in metrics:
         tr = metrics["training"]
         kept = f"best {tr['best_epoch']}" if tr["best_epoch"] else "last kept"

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from headstart.config import FitConfig
+from headstart.advise.probe import cv_repeats
+from headstart.config import CV_BELOW_IMAGES, FitConfig
 from headstart.models import Backbone
 
 __all__ = ["MIN_EPOCHS", "BackboneCost", "Counts", "epochs_within", "estimate_seconds"]
@@ -67,7 +68,10 @@ def estimate_seconds(cfg: FitConfig, counts: Counts, cost: BackboneCost) -> floa
     test_codes = counts.test * _S_PER_FORWARD * scale
     if cfg.strategy == "linear":
         dims = sum(cost.widths.get(t.strip(), 0) for t in cfg.linear.layer.split(","))
-        fits = 1 + (0 if counts.val else cfg.linear.cv_folds)  # no val split: C by k-fold, then the refit
+        n = counts.train + counts.val
+        cv = cfg.linear.selection == "cv" or (cfg.linear.selection == "auto" and n < CV_BELOW_IMAGES)
+        # C by repeated k-fold on small data (fit.probe), k-fold without a val split, then the refit
+        fits = 1 + (cfg.linear.cv_folds * cv_repeats(n) if cv else 0 if counts.val else cfg.linear.cv_folds)
         return _S_OVERHEAD + test_codes + _S_PER_CODE_FEATURE * (counts.train + counts.val) * dims * fits
     ft = cfg.finetune
     share = min(ft.freeze / max(cost.stages, 1), 1.0)

@@ -55,12 +55,13 @@ class ValFigure:
 
 
 def val_figure(metrics: dict[str, Any]) -> ValFigure:
-    """A run's validation figure: ``val.accuracy`` with the number of images behind it (the val split's, or
-    every training image's when C was cross-validated: each is predicted once out of fold)."""
+    """A run's validation figure: ``val.accuracy`` with the number of images behind it (``val.images``; in
+    older runs the val split's, or every training image's when C was cross-validated: each is predicted once
+    out of fold per repeat)."""
     val, counts = metrics["val"], metrics.get("counts", {})
     acc = val.get("accuracy")
     known = acc is not None and not math.isnan(acc)  # NaN: metrics.json of runs older than the null
-    images = counts.get("val") or counts.get("train", 0)
+    images = val.get("images") or counts.get("val") or counts.get("train", 0)
     return ValFigure(float(acc) if known else None, int(images), str(val.get("protocol", "")))
 
 

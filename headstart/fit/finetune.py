@@ -40,8 +40,10 @@ TRAIN_BATCH_SIZE = 32
 def probe_head(model: Backbone, codes: Codes, cfg: FitConfig, classes: list[str]) -> dict[str, Any]:
     """Fit softmax regression on pooled codes (C chosen on val / CV, never test) and load it as the classifier."""
     codes = replace(codes, split=np.where(codes.split == SPLIT_IDS["test"], -1, codes.split))  # not even visible
-    lin_cfg = replace(cfg, linear=replace(cfg.linear, head="softmax"))
-    (layer,), C, _ = select(codes, [(POOLED,)], lin_cfg, classes)
+    # C on the validation split (k-fold on train without one), as the fine-tuning rows of BENCHMARKS.md ran:
+    # the probe only sets the head's start, and its C matters far less than a linear run's.
+    lin_cfg = replace(cfg, linear=replace(cfg.linear, head="softmax", selection="val"))
+    C = select(codes, [(POOLED,)], lin_cfg, classes).C
     fit_mask = codes.split == SPLIT_IDS["train"]
     head = make_head(lin_cfg)(C).fit(codes.X((POOLED,), fit_mask), codes.labels[fit_mask])
     model.reset_classifier(len(classes), seed=cfg.data.seed)

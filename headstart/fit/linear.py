@@ -32,7 +32,8 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     extract_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    layer, C, table = select(codes, candidates, cfg, ds.classes)
+    sel = select(codes, candidates, cfg, ds.classes)
+    layer, C = sel.layer, sel.C
     fit_mask = codes.split != SPLIT_IDS["test"]
     head = make_head(cfg)(C).fit(codes.X(layer, fit_mask), codes.labels[fit_mask])
     fit_s = time.perf_counter() - t0
@@ -44,16 +45,13 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
 
     save_linear_bundle(run.bundle, model=cfg.model, weights_id=backbone.weights_id, taps=layer, spec=backbone.spec,
                        classes=ds.classes, head=params)
-    chosen = next(r for r in table if r["layer"] == layer_name(layer))
     metrics = {
         "strategy": "linear", "model": cfg.model, "layer": layer_name(layer), "head": cfg.linear.head, "C": C,
         "classes": ds.classes, "seed": cfg.data.seed,
         "counts": {k: int((codes.split == v).sum()) for k, v in SPLIT_IDS.items()},
-        "val": {"accuracy": chosen["val_accuracy"],
-                "protocol": "validation split" if (codes.split == SPLIT_IDS["val"]).any()
-                else f"{cfg.linear.cv_folds}-fold cross-validation on train"},
+        "val": {"accuracy": sel.accuracy, "images": sel.images, "protocol": sel.protocol},
         "test": test_metrics,
-        "selection": table,
+        "selection": sel.table,
         "skipped_files": codes.skipped_files(),
         "left_out_files": [str(p) for p in ds.left_out],  # not images: never read
         "duplicates_across_splits": codes.duplicates, "cautions": run.cautions, "batch_size": codes.batch_size,

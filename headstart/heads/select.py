@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
 
 from headstart.errors import ConfigError
 from headstart.heads.softmax import check_X
@@ -164,8 +164,10 @@ def cross_val_sweep(
     n_splits: int = 5,
     Cs: Sequence[float] | None = None,
     seed: int = 0,
+    repeats: int = 1,
 ) -> SweepResult:
-    """Like :func:`sweep_C` without a validation split: mean accuracy over stratified K folds.
+    """Like :func:`sweep_C` without a validation split: mean accuracy over stratified K folds, ``repeats``
+    times with different partitions (repeated k-fold: one partition's luck moves small-data choices).
 
     >>> from headstart.heads import SoftmaxRegression
     >>> X = np.r_[np.zeros((4, 2)), np.ones((4, 2))]; y = np.r_[[0] * 4, [1] * 4]
@@ -188,6 +190,10 @@ def cross_val_sweep(
             f"{owner}: class {c!r} has {counts.min()} sample; cross-validation needs >= 2 per class: "
             "add more images of that class."
         )
-    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(X, y)
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ConfigError(f"{owner}: 'repeats' must be an int >= 1. Got {repeats!r} instead.")
+    cv = (StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed) if repeats == 1 else
+          RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=repeats, random_state=seed))
+    folds = cv.split(X, y)
     splits = [(X[tr], y[tr], X[va], y[va]) for tr, va in folds]
     return _Evaluator(make, splits).run(Cs)
