@@ -39,7 +39,8 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
                 f"{r['layer']} {r['probe_cv_accuracy']:.1%} +- {100 * r['probe_cv_se']:.1f}" for r in ranked))
         else:
             ranked = sorted(rows, key=lambda r: -r["val_accuracy"])
-            lines.append("layers tried (val acc): " + ", ".join(f"{r['layer']} {r['val_accuracy']:.1%}" for r in ranked))
+            lines.append("layers tried (val acc): "
+                         + ", ".join(f"{r['layer']} {r['val_accuracy']:.1%}" for r in ranked))
     if "training" in metrics:
         tr = metrics["training"]
         kept = f"best {tr['best_epoch']}" if tr["best_epoch"] else "last kept"
