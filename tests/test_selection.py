@@ -71,21 +71,24 @@ def test_auto_mode_by_size_and_fold_counts() -> None:
     assert selection_mode(np.repeat([0, 1], 5000), True, FitConfig(linear=LinearConfig(selection="cv"))) == "cv"
 
 
-@pytest.mark.filterwarnings("ignore:5 of 95 image")
+@pytest.mark.filterwarnings("ignore:5 of 113 image")
 def test_fit_layer_auto_same_choice_with_junk_files(tmp_path: Path) -> None:
-    """End to end: five undecodable files (which redraw the split) leave the chosen layer and C as they were.
+    """End to end: five undecodable files (which redraw the split) leave the chosen layer, C and every figure
+    behind them as they were: the folds are drawn over the images ordered by content, not by split.
     (The tiny test backbone's taps differ enough that the old rule held here too; the synthetic codes above are
     the test that tells the two rules apart.)"""
-    data = make_class_folder(tmp_path / "data", n_per_class=30, classes=("a", "b", "c"))
+    data = tmp_path / "data"
+    make_class_folder(data / "train", n_per_class=30, classes=("a", "b", "c"))
+    make_class_folder(data / "test", n_per_class=6, classes=("a", "b", "c"), seed=1)
     results = []
     for j in (0, 5):
         for i in range(j):
-            (data / "abc"[i % 3] / f"junk{i}.jpg").write_bytes(b"not a jpeg")
+            (data / "train" / "abc"[i % 3] / f"junk{i}.jpg").write_bytes(b"not a jpeg")
         cfg = FitConfig(out=str(tmp_path / f"run{j}"), model="tiny_test", data=DataConfig(path=str(data)),
                         engine=EngineConfig(backend="torch", cache_dir=str(tmp_path / "cache")),
                         linear=LinearConfig(layer="auto", selection="auto"))
         m = fit(cfg, progress=False)
         assert "cross-validation x3 on train+val" in m["val"]["protocol"]
         assert len(m["skipped_files"]) == j
-        results.append((m["layer"], m["C"]))
+        results.append((m["layer"], m["C"], m["val"]["accuracy"], m["selection"]))
     assert results[0] == results[1]

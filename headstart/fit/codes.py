@@ -34,6 +34,14 @@ class Codes:
     failures: list[Any] = field(default_factory=list)
     duplicates: int = 0  # test images byte-identical to a train/val image (warned about at extraction)
     batch_size: int = 0  # what extraction ran with (the one chosen when engine.batch_size is 0, auto)
+    hashes: list[str] = field(default_factory=list)  # each row's image content hash (empty: unknown)
+
+    def canonical(self, mask: np.ndarray) -> np.ndarray:
+        """Indices of ``mask``'s rows in an order that depends on the images alone (their content hashes), not
+        on which split each fell in: cross-validation over train+val then partitions the same images the
+        same way however the val split was drawn."""
+        idx = np.flatnonzero(mask)
+        return idx[np.argsort(np.asarray(self.hashes)[idx], kind="stable")] if self.hashes else idx
 
     def X(self, layer: Layer, mask: np.ndarray) -> np.ndarray:
         return np.hstack([self.by_tap[t][mask] for t in layer]).astype(np.float32, copy=False)
@@ -55,4 +63,4 @@ def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: F
     split = np.array([k for _, k in samples])[res.index]
     require_training_images(ds.classes, labels, split)
     duplicates = count_duplicates_across_splits(res.hashes, split, res.paths)
-    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size)
+    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size, list(res.hashes))

@@ -29,6 +29,8 @@ from headstart.models import POOLED
 
 __all__ = ["Selection", "make_head", "select", "selection_mode"]
 
+CV_SEED = 0  # the partitions of the repeated k-fold
+
 
 def make_head(cfg: FitConfig):  # noqa: ANN201
     lin = cfg.linear
@@ -102,7 +104,10 @@ def _select_split(codes: Codes, candidates: list[Layer], cfg: FitConfig, tr: np.
 
 
 def _select_cv(codes: Codes, candidates: list[Layer], cfg: FitConfig, pool: np.ndarray) -> Selection:
-    y, seed, k = codes.labels[pool], cfg.data.seed, cfg.linear.cv_folds
+    # The folds depend on the images alone: not on how the val split was drawn, nor on --seed (which draws
+    # it), so the choice is a function of the train+val images.
+    pool = codes.canonical(pool)
+    y, seed, k = codes.labels[pool], CV_SEED, cfg.linear.cv_folds
     repeats = cv_repeats(len(y))
     table: list[dict[str, Any]] = [{"layer": layer_name(c)} for c in candidates]
     layer, note = candidates[0], ""
