@@ -75,7 +75,8 @@ def main() -> None:
                        "wall_s": round(time.perf_counter() - t0, 1), "counts": m["counts"]}
                 rows.append(row)
                 print(f"| {selection} | {seed} | {junk} | {row['layer']} | {row['C']:.3g} | "
-                      f"{100 * row['val_accuracy']:.1f}% ({row['protocol'].split(',')[0]}) | {100 * row['test_accuracy']:.1f}% | "
+                      f"{100 * row['val_accuracy']:.1f}% ({row['protocol'].split(',')[0]}) | "
+                      f"{100 * row['test_accuracy']:.1f}% | "
                       f"{row['fit_s']:.0f} |", flush=True)
     res = ROOT / "benchmarks" / "results" / args.dataset / f"selection_{args.per_class or 'all'}"
     res.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from headstart.cli_advise import advise_command
 from headstart.cli_fit import _batch_size, fit_command
+from headstart.cli_tune import tune_command
 from headstart.errors import HeadstartError
 
 app = typer.Typer(
@@ -168,6 +169,23 @@ def _run_fit(cfg, *, resume: bool, quiet: bool, overwrite: bool = False) -> None
 
 app.command("fit")(fit_command(_run_fit))
 app.command("advise")(advise_command)
+
+
+def _run_tune(cfg, *, trials: int | None, budget_min: float | None, freeze: int | None, quiet: bool,  # noqa: ANN001
+              overwrite: bool) -> None:
+    from headstart.tune import tune
+
+    result = tune(cfg, trials=trials, budget_min=budget_min, freeze=freeze, progress=not quiet, overwrite=overwrite)
+    best = result["best"]
+    if best is None:
+        print(f"no trial finished; the study is in {cfg.out}/study.db (run the same command to continue)")
+        return
+    print(f"best: {best['stage']} trial {best['number']}, val loss {best['val_loss']:.4f}, val accuracy "
+          f"{best['val_accuracy']:.1%} ({best['dir']})")
+    print(f"every trial: {cfg.out}/tune.json · train it again: headstart fit --config {cfg.out}/best.toml")
+
+
+app.command("tune")(tune_command(_run_tune))
 
 
 @app.command()
