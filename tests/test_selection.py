@@ -92,3 +92,15 @@ def test_fit_layer_auto_same_choice_with_junk_files(tmp_path: Path) -> None:
         assert len(m["skipped_files"]) == j
         results.append((m["layer"], m["C"], m["val"]["accuracy"], m["selection"]))
     assert results[0] == results[1]
+
+
+def test_c_is_the_lowest_log_loss_on_the_accuracy_plateau() -> None:
+    from headstart.fit.probe import _c_within_one_se
+
+    # (C, accuracy, log-loss) as on intel_scenes_small's pooled codes: accuracy flat near its top
+    rows = [(1e-4, 0.8967, 0.698), (1e-3, 0.9094, 0.329), (1.78e-3, 0.9108, 0.294), (1e-2, 0.9078, 0.257),
+            (1.0, 0.9042, 0.393), (100.0, 0.8600, 0.640)]
+    assert _c_within_one_se(rows, n=1800) == (1e-2, 0.9078, 0.257)
+    assert _c_within_one_se(rows, n=10**7)[0] == 1.78e-3  # no noise: the accuracy argmax
+    svm = [(C, acc, float("nan")) for C, acc, _ in rows]  # no probabilities: the accuracy argmax
+    assert _c_within_one_se(svm, n=1800)[0] == 1.78e-3
