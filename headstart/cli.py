@@ -242,18 +242,23 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its dataset and run.")] = Path("headstart-demo"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Offline end-to-end run on scikit-learn's handwritten digits (1797 real scans): fit, evaluate, report."""
+    """Offline end-to-end run on scikit-learn's handwritten digits (1797 real scans): advise, fit the plan, report.
+
+    The same as headstart fit DATA --strategy auto --budget 2: the plan and its evidence, then the run.
+    """
     import time
 
-    from headstart.config import DataConfig, EngineConfig, FitConfig, LinearConfig
+    from headstart.config import AutoConfig, DataConfig, EngineConfig, FitConfig
     from headstart.demo import write_digits_folder
     from headstart.fit import fit as run_fit
 
     t0 = time.perf_counter()
     data = write_digits_folder(workdir / "digits")
     run_dir = workdir / "run"
-    cfg = FitConfig(out=str(run_dir), strategy="linear", data=DataConfig(path=str(data)),
-                    engine=EngineConfig(cache_dir=str(workdir / "cache")), linear=LinearConfig(layer="auto"))
+    # Two minutes: the plan always runs; the runner-up only if its estimate fits what is left (on a 2-core
+    # laptop a fine-tuning runner-up does not, so the demo takes about a minute).
+    cfg = FitConfig(out=str(run_dir), strategy="auto", data=DataConfig(path=str(data)),
+                    engine=EngineConfig(cache_dir=str(workdir / "cache")), auto=AutoConfig(budget=2.0))
     console.print(f"demo: scikit-learn digits (1797 scans, 10 classes) written to {data}/", highlight=False)
     _print_summary(run_fit(cfg, progress=not quiet), run_dir)
     console.print(f"demo finished in {time.perf_counter() - t0:.1f}s", highlight=False)
