@@ -53,6 +53,8 @@ def test_advise_json_reports_the_facts_scores_and_a_runnable_plan(tmp_path: Path
     assert any("byte-identical" in c for c in plan["cautions"])
     assert any("different classes" in c for c in plan["cautions"])
     assert 0.0 <= a["imagenet"]["nce_normalized"] <= 1.0
+    assert [r["stage"] for r in a["bn_shift"]] == ["stem", "stage1", "stage2", "head"]  # tiny_test's stages
+    assert all(r["kl"] >= 0 and r["layers"] >= 1 for r in a["bn_shift"])
 
 
 def test_advise_prints_the_plan_and_its_reasons(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -62,7 +64,7 @@ def test_advise_prints_the_plan_and_its_reasons(tmp_path: Path, capsys, monkeypa
     assert "images/class   min 12, median 12" in out  # 15 per class, fit's 20% test split held out
     plan_line = next(line for line in out.splitlines() if line.startswith("plan: "))
     assert "small (12 images/class)" in plan_line and "-> linear classifier on" in plan_line
-    assert "run:       headstart fit" in out and "LogME" in out
+    assert "run:       headstart fit" in out and "LogME" in out and "BatchNorm inputs vs ImageNet's" in out
 
 
 @pytest.mark.parametrize(("args", "message"), [(("missing-folder",), "does not exist"),

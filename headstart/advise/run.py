@@ -19,6 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from headstart.advise.bn_shift import bn_shift
 from headstart.advise.facts import FitRows, dataset_facts
 from headstart.advise.plan import Signals, TapSignal, make_plan
 from headstart.advise.probe import one_se_choice
@@ -63,6 +64,9 @@ def advise(data: str | Path, *, model: str = "efficientnet_lite0", seed: int = 0
     chosen, best = one_se_choice([s.tap for s in scores], [s.probe for s in scores])
     names = imagenet_labels() if backbone.classifier.out_features == 1000 else None
     view = imagenet_view(res.codes["pooled"], labels, ds.classes, backbone, names)
+    t2 = time.perf_counter()
+    shift = bn_shift(backbone, res.paths, seed=seed)
+    bn_s = time.perf_counter() - t2
     signals = Signals(
         per_class_median=facts.per_class_median, per_class_min=facts.per_class_min, images=facts.images,
         taps=[TapSignal(s.tap, s.accuracy, s.probe.se, s.logme) for s in scores], chosen_tap=chosen,
@@ -75,8 +79,10 @@ def advise(data: str | Path, *, model: str = "efficientnet_lite0", seed: int = 0
         "facts": facts.to_dict(),
         "taps": [s.to_dict() for s in scores], "chosen_tap": chosen, "best_tap": best,
         "imagenet": view,
+        "bn_shift": shift,
         "plan": plan.to_dict(),
-        "timing": {"extract_s": round(extract_s, 2), "score_s": round(time.perf_counter() - t1, 2),
+        "timing": {"extract_s": round(extract_s, 2), "score_s": round(time.perf_counter() - t1 - bn_s, 2),
+                   "bn_shift_s": round(bn_s, 2),
                    "cached_images": res.n_cached, "computed_images": res.n_computed},
     }
 
