@@ -194,3 +194,17 @@ def test_auto_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 2 and "auto.budget must be >= 0" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, monkeypatch, "fit", "--resume", str(tmp_path / "run"))
     assert code == 2 and "--resume continues a fine-tuning run" in err
+
+
+def test_budget_stops_fine_tuning_when_the_machine_is_slower_than_estimated(split_folder: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Estimates say 8 epochs fit (here: they say everything is free); the clock says otherwise: training
+    stops after the fewest epochs allowed, with the reason in metrics.json."""
+    import headstart.fit.auto as auto_mod
+
+    _force_plan(monkeypatch, LARGE_PER_CLASS, epochs=8)
+    monkeypatch.setattr(auto_mod, "estimate_seconds", lambda *a, **k: 0.0)
+    monkeypatch.setattr(auto_mod, "epochs_within", lambda cfg, *a, **k: cfg)
+    m = fit(_cfg(split_folder, tmp_path / "run", tmp_path / "cache", budget=0.001), progress=False)
+    assert m["strategy"] == "finetune" and m["training"]["epochs_run"] == MIN_EPOCHS
+    assert "would overrun the --budget" in m["training"]["stop_reason"]

@@ -181,6 +181,14 @@ def test_early_stopping_restores_best_weights(data, tmp_path: Path) -> None:
         assert torch.equal(ck.best_state[k], v), k
 
 
+def test_on_epoch_end_can_stop_training_with_a_reason(data, tmp_path: Path) -> None:
+    _, tr, va = data
+    res = train(_model(), tr, va, epochs=5, freeze=1, run_dir=tmp_path,
+                on_epoch_end=lambda row: "out of time" if row["epoch"] == 2 else None, **FAST)
+    assert len(res.history) == 2 and res.stop_reason == "out of time"
+    assert load_checkpoint(tmp_path / "checkpoints").epoch == 2
+
+
 def test_nan_loss_stops_with_message_and_last_checkpoint_is_usable(data, tmp_path: Path) -> None:
     _, tr, va = data
     model = _model()

@@ -10,13 +10,14 @@ from headstart.errors import ConfigError
 
 
 def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrite: bool = False,
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_epoch_end: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
     """Run ``cfg.strategy`` end to end; writes ``cfg.out`` (config.toml, splits.json, metrics.json, curves,
     bundle/, summary.txt, and run.json last) and returns the metrics (as in metrics.json).
 
     ``strategy = "auto"`` advises, runs the plan (and, within ``cfg.auto.budget``, the runner-up) as
     candidate runs in ``cfg.out/candidates/<strategy>/``, and makes the better on validation the run's own
-    (``headstart.fit.auto``). ``on_epoch_end(row)`` sees each fine-tuning epoch's curves row.
+    (``headstart.fit.auto``). ``on_epoch_end(row)`` sees each fine-tuning epoch's curves row; a non-empty
+    string returned stops training after that epoch, with it as the reason.
 
     ``resume`` continues a killed fine-tuning run from its last checkpoint in ``cfg.out``. ``cfg.out`` has one
     writer at a time (a second process gets one line naming the first's PID); a folder holding another

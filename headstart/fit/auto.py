@@ -28,6 +28,7 @@ from typing import Any
 from headstart.advise.plan import Plan
 from headstart.config import FitConfig, deep_update, from_dict, to_dict
 from headstart.fit.auto_cost import (
+    MIN_EPOCHS,
     BackboneCost,
     Counts,
     epochs_within,
@@ -114,7 +115,8 @@ def fit_auto(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
                                                             if cut else "")
         say(f"step {2 + i}/3 · candidate {i + 1} of 2 ({c.role}): {c.what}{epochs} · estimated "
             f"{_dur(c.estimate_s)}, ETA {_clock(c.estimate_s)}")
-        _run(c, progress=progress, on_epoch_end=say.epoch(c) if progress else None)
+        _run(c, progress=progress, on_epoch_end=_within_budget(c, t_start + budget_s if budget_s > 0 else None,
+                                                               say.epoch(c) if progress else None))
 
     winner, why = choose([c for c in cands if c.metrics is not None])
     say(f"kept {winner.strategy} ({winner.role}): {why}")
@@ -131,13 +133,35 @@ def fit_auto(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     return metrics
 
 
-def _run(c: Candidate, *, progress: bool, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> None:
+def _run(c: Candidate, *, progress: bool, on_epoch_end: Callable[[dict[str, Any]], str | None] | None) -> None:
     """One candidate as a complete run of its own (locked, summarised and sealed by ``fit``)."""
     from headstart.fit import fit
 
     t0 = time.perf_counter()
     c.metrics = fit(c.cfg, progress=progress, overwrite=True, on_epoch_end=on_epoch_end)
     c.cost_s = time.perf_counter() - t0
+
+
+def _within_budget(c: Candidate, deadline: float | None,
+                   show: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], str | None]:
+    """A fine-tuning candidate's ``on_epoch_end``: shows the epoch, and stops training when another epoch (as
+    long as the slowest so far) would end after ``deadline``, the budget's end: estimates cut the epochs
+    before the run, this holds the budget when the machine turns out slower. Never before ``MIN_EPOCHS``."""
+    slowest = 0.0
+
+    def on_epoch_end(row: dict[str, Any]) -> str | None:
+        nonlocal slowest
+        if show is not None:
+            show(row)
+        slowest = max(slowest, float(row["seconds"]))
+        if deadline is None or row["epoch"] < MIN_EPOCHS or row["epoch"] >= c.cfg.finetune.epochs:
+            return None
+        if time.perf_counter() + slowest > deadline:
+            return (f"stopped after epoch {row['epoch']} of {c.cfg.finetune.epochs}: another ({slowest:.0f} s) "
+                    "would overrun the --budget")
+        return None
+
+    return on_epoch_end
 
 
 def _what(plan: Mapping[str, Any]) -> str:

@@ -91,10 +91,11 @@ def _snapshot_members(model: Backbone, result: TrainResult, start: dict[str, tor
 
 
 def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
-                 on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                 on_epoch_end: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
     """Run the whole fine-tuning strategy; writes RUN_DIR (curves, checkpoints, bundle, metrics.json) and
     returns the metrics dict. Its test figure is computed from the saved bundle, as `headstart evaluate` does.
-    ``on_epoch_end(row)`` sees each epoch's curves row (``fit --strategy auto`` shows progress with it)."""
+    ``on_epoch_end(row)`` sees each epoch's curves row (``fit --strategy auto`` shows progress and keeps its
+    budget with it: a returned string stops training there)."""
     cfg = cfg.validate()
     ft = cfg.finetune
     run, ds = start_run(cfg)

@@ -3,7 +3,7 @@
 Every epoch, in this order and visibly in the loop: train steps (each loss checked for divergence before
 its step, the EMA updated after it) → validation of the evaluated weights (the EMA's when on) → divergence
 check of the validation loss → best-state tracking → snapshot at a schedule cycle end → curves line →
-early-stopping decision → checkpoint → the optional ``on_epoch_end(row)``.
+early-stopping decision → checkpoint → the optional ``on_epoch_end(row)``, which may end training there.
 
 Exact resume: the state at every epoch end (weights, optimizer moments, schedule position, EMA shadow,
 best weights and early-stopping count, RNG states, history) is checkpointed, and nothing else carries over
@@ -81,7 +81,7 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
           run_dir: str | Path | None = None, resume: bool = False, device: str | torch.device = "auto",
           batch_size: int = 32, workers: int | None = None, cache: bool | None = None,
           cache_dtype: type = np.float16, backend: str = "auto", channels_last: bool | None = None,
-          on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_epoch_end: Callable[[dict[str, Any]], str | None] | None = None) -> TrainResult:
     """Fine-tune ``model`` (first ``freeze`` stages frozen) on ``train_data``, validating on ``val_data``.
 
     ``ema`` > 0: keep an EMA of the weights (decay ``ema``, warm-up per ``ema_warmup``); it is what is
@@ -92,8 +92,9 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
     augmented; False → run the prefix every batch; ``backend`` is the prefix's engine. ``resume`` continues
     from ``run_dir/checkpoints/last`` (same settings required). ``channels_last`` None: on for CPU (1.3-1.4x
     faster lite0 steps here). With ``run_dir``, ``curves.jsonl``/``curves.svg`` log every epoch.
-    ``on_epoch_end(row)`` sees each epoch's row after its checkpoint. On return ``model`` is in eval mode;
-    checkpoints hold the live (non-EMA) weights.
+    ``on_epoch_end(row)`` sees each epoch's row after its checkpoint; if it returns a non-empty string,
+    training stops there with that as the stop reason (a time budget, a pruned trial). On return ``model``
+    is in eval mode; checkpoints hold the live (non-EMA) weights.
 
         res = train(model, ImageSet(paths, labels), val, freeze=4, epochs=10, ema=0.999,
                     patience=3, run_dir="runs/ft")
@@ -186,8 +187,8 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
         timings["train_s"] += t1 - t0
         timings["eval_s"] += t2 - t1
         timings["checkpoint_s"] += time.perf_counter() - t2
-        if on_epoch_end is not None:
-            on_epoch_end(dict(row))
+        if on_epoch_end is not None and (why := on_epoch_end(dict(row))):
+            s.stop_reason = str(why)
 
     kept_epoch = _keep_final_weights(model, s, avg)
     model.eval()
