@@ -4,7 +4,7 @@
     python benchmarks/bench_accuracy.py --dataset intel_scenes_small --only linear_top,linear_auto
 
 Each row is a `headstart fit` run (the equivalent CLI command is printed beside it); results go to
-RUN/<dataset>/<name>/metrics.json (copied to benchmarks/results/<dataset>/<name>_s<seed>/, which is
+RUN/<dataset>/<name>_s<seed>/metrics.json (copied to benchmarks/results/<dataset>/<name>_s<seed>/, which is
 committed) and a markdown table on stdout.
 """
 
@@ -125,12 +125,13 @@ def main() -> None:
     rows = []
     for name in args.only.split(","):
         if args.report:
-            f = args.out / args.dataset / name / "metrics.json"
+            f = args.out / args.dataset / f"{name}_s{args.seed}" / "metrics.json"
             if f.exists():
                 m = json.loads(f.read_text())
                 rows.append((name, CONFIGS[name][1], m, sum(m["timing"].values())))
             continue
-        flags, out = CONFIGS[name][1], args.out / args.dataset / name
+        # One run directory per seed: fit refuses to write a run of another seed over an earlier one.
+        flags, out = CONFIGS[name][1], args.out / args.dataset / f"{name}_s{args.seed}"
         cfg = row_config(name, data, out, args.seed)
         t0 = time.perf_counter()
         m = fit(cfg, progress=False)
