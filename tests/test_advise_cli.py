@@ -40,6 +40,7 @@ def test_advise_json_reports_the_facts_scores_and_a_runnable_plan(tmp_path: Path
     assert f["per_class"] == {"a": 17, "b": 17, "c": 16} and f["images"] == 50 and f["test_images"] == 13
     assert (f["per_class_min"], f["per_class_median"]) == (16, 17.0)
     assert (f["duplicates_within"], f["duplicates_conflicting"], f["duplicates_across_splits"]) == (2, 1, 1)
+    assert f["near_duplicates_within"] is None  # tiny_test has no calibrated threshold: not checked
     assert [Path(u["path"]).name for u in f["undecodable"]] == ["broken.png"]
     assert f["image_size"]["most_common"] == "40x40"
     # every tap scored, tiny_test's head stage once (its pooled code is the same numbers)

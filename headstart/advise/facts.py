@@ -22,7 +22,13 @@ from PIL import Image
 from headstart.data import ImageFolder
 from headstart.data.folder import Sample
 from headstart.features.cache import hash_file
-from headstart.fit.checks import SPLIT_IDS, count_duplicates_across_splits, size_cue
+from headstart.fit.checks import (
+    NEAR_DUPLICATE_MAX_PAIRS,
+    SPLIT_IDS,
+    count_duplicates_across_splits,
+    near_duplicate_pairs,
+    size_cue,
+)
 
 __all__ = ["Facts", "FitRows", "dataset_facts"]
 
@@ -54,18 +60,25 @@ class Facts:
     duplicates_within: int = 0  # extra copies among the images read (same bytes twice counts once)
     duplicates_conflicting: int = 0  # groups of identical files filed under different classes
     duplicates_across_splits: int = 0  # test images byte-identical to a training image
+    near_duplicates_within: int | None = 0  # pairs of near-copies among them (None: not checked)
+    near_duplicates_conflicting: int = 0  # of those pairs, filed under different classes
     size_cue: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def dataset_facts(ds: ImageFolder, rows: FitRows, *, failures: Sequence[Any], seed: int) -> Facts:
-    """The facts of ``ds`` from the decoded non-test images ``rows`` (what the scores use) and the listed
-    test images (hashed for copies, never decoded: nothing advise does looks at test content)."""
+def dataset_facts(ds: ImageFolder, rows: FitRows, *, failures: Sequence[Any], seed: int,
+                  pooled: np.ndarray | None = None, near_copy_cosine: float | None = None) -> Facts:
+    """The facts of ``ds`` from the decoded non-test images ``rows`` (what the scores use; ``pooled``: their
+    pooled codes, for near-copies) and the listed test images (hashed for copies, never decoded: nothing
+    advise does looks at test content, so near-copies across splits are fit's to report)."""
     counts = np.bincount(rows.labels, minlength=len(ds.classes))
     test = ds.splits.get("test", [])
     within, conflicting = _within_duplicates(rows)
+    near, near_conflicting = (_near_within(rows, pooled, near_copy_cosine)
+                              if pooled is not None and near_copy_cosine is not None
+                              and len(rows.hashes) ** 2 <= NEAR_DUPLICATE_MAX_PAIRS else (None, 0))
     return Facts(
         classes=list(ds.classes), layout=ds.layout, test_source=ds.split_source.get("test", "none"),
         images=len(rows.paths), test_images=len(test),
@@ -76,6 +89,7 @@ def dataset_facts(ds: ImageFolder, rows: FitRows, *, failures: Sequence[Any], se
         undecodable=[{"path": str(f.path), "reason": f.reason} for f in failures],
         duplicates_within=within, duplicates_conflicting=conflicting,
         duplicates_across_splits=_across_splits(rows, test),
+        near_duplicates_within=near, near_duplicates_conflicting=near_conflicting,
         size_cue=_size_cue(ds, rows, seed),
     )
 
@@ -87,6 +101,14 @@ def _within_duplicates(rows: FitRows) -> tuple[int, int]:
     for h, y in zip(rows.hashes, rows.labels.tolist(), strict=True):
         groups.setdefault(h, set()).add(y)
     return len(rows.hashes) - len(groups), sum(len(ys) > 1 for ys in groups.values())
+
+
+def _near_within(rows: FitRows, pooled: np.ndarray, threshold: float) -> tuple[int, int]:
+    """Pairs of near-copies among the images read, and how many of them carry different labels."""
+    every = np.arange(len(rows.hashes))
+    found = near_duplicate_pairs(pooled, every, every, list(rows.hashes), threshold=threshold)
+    pairs = {(min(q, r), max(q, r)) for q, r, _ in found}
+    return len(pairs), int(sum(rows.labels[q] != rows.labels[r] for q, r in pairs))
 
 
 def _across_splits(rows: FitRows, test: Sequence[Sample]) -> int:

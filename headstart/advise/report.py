@@ -27,6 +27,9 @@ def advice_text(a: dict[str, Any]) -> str:
     lines.append(f"  files          {len(f['undecodable'])} undecodable; {f['duplicates_within']} duplicate(s) in "
                  f"train ({f['duplicates_conflicting']} with conflicting labels); {f['duplicates_across_splits']} "
                  "test image(s) identical to training images")
+    if (near := f.get("near_duplicates_within")) is not None:
+        lines.append(f"  near-copies    {near} pair(s) of images read are the same picture re-encoded or resized "
+                     f"({f.get('near_duplicates_conflicting', 0)} with different labels)")
     lines.append(f"  size cue       {f['size_cue'] or 'none: image size does not tell the class'}")
     folds = a["taps"][0]["probe_folds"] if a["taps"] else "-"
     lines += ["", f"transferability (ridge probe, {folds.replace('x', '-fold x ')} repeats; LogME per sample)",

@@ -53,7 +53,8 @@ def advise(data: str | Path, *, model: str = "efficientnet_lite0", seed: int = 0
     labels = np.array([s.label for s in samples], dtype=np.int64)[res.index]
     require_training_images(ds.classes, labels, np.zeros(len(labels), dtype=np.int64))
     _require_two_per_class(ds.classes, labels)
-    facts = dataset_facts(ds, FitRows(res.paths, labels, res.hashes), failures=res.failures, seed=seed)
+    facts = dataset_facts(ds, FitRows(res.paths, labels, res.hashes), failures=res.failures, seed=seed,
+                          pooled=res.codes["pooled"], near_copy_cosine=backbone.near_copy_cosine)
     extract_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()

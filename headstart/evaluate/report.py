@@ -29,6 +29,9 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
     if dup := metrics.get("duplicates_across_splits"):
         lines.append(f"caution: {dup} test image(s) are byte-identical to training images, so the test figure is "
                      "optimistic (remove the copies from one split)")
+    if near := metrics.get("near_duplicates_across_splits"):
+        lines.append(f"caution: {near} more test image(s) are near-copies of training images (re-encoded or "
+                     "resized: CNN codes 0.99+ similar), so the test figure is optimistic")
     lines += [f"caution: {c}" for c in metrics.get("cautions", [])]
     worst = sorted(test["per_class"].items(), key=lambda kv: kv[1]["recall"])[:3]
     lines.append("lowest recall: " + ", ".join(f"{c} {m['recall']:.0%}" for c, m in worst))

@@ -17,9 +17,14 @@ import numpy as np
 from headstart.config import FitConfig
 from headstart.data import ImageFolder
 from headstart.features import FeatureCache, default_cache_dir, extract_codes
-from headstart.fit.checks import SPLIT_IDS, count_duplicates_across_splits, require_training_images
+from headstart.fit.checks import (
+    SPLIT_IDS,
+    count_duplicates_across_splits,
+    count_near_duplicates_across_splits,
+    require_training_images,
+)
 from headstart.fit.layers import Layer
-from headstart.models import Backbone
+from headstart.models import POOLED, Backbone
 
 __all__ = ["SPLIT_IDS", "Codes", "extract_dataset"]
 
@@ -35,6 +40,7 @@ class Codes:
     duplicates: int = 0  # test images byte-identical to a train/val image (warned about at extraction)
     batch_size: int = 0  # what extraction ran with (the one chosen when engine.batch_size is 0, auto)
     hashes: list[str] = field(default_factory=list)  # each row's image content hash (empty: unknown)
+    near_duplicates: int | None = None  # test images that are near-copies of train/val ones (None: not checked)
 
     def canonical(self, mask: np.ndarray) -> np.ndarray:
         """Indices of ``mask``'s rows in an order that depends on the images alone (their content hashes), not
@@ -63,4 +69,8 @@ def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: F
     split = np.array([k for _, k in samples])[res.index]
     require_training_images(ds.classes, labels, split)
     duplicates = count_duplicates_across_splits(res.hashes, split, res.paths)
-    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size, list(res.hashes))
+    near = None  # on the pooled codes, where the backbone's threshold was measured
+    if POOLED in res.codes and backbone.near_copy_cosine is not None:
+        near = count_near_duplicates_across_splits(res.codes[POOLED], res.hashes, split, res.paths,
+                                                   threshold=backbone.near_copy_cosine)
+    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size, list(res.hashes), near)

@@ -174,7 +174,9 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
                      "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
         "skipped_files": codes.skipped_files(),
         "left_out_files": [str(p) for p in ds.left_out],  # not images: never read
-        "duplicates_across_splits": codes.duplicates, "cautions": run.cautions, "batch_size": batch_size,
+        "duplicates_across_splits": codes.duplicates,
+        "near_duplicates_across_splits": codes.near_duplicates,
+        "cautions": run.cautions, "batch_size": batch_size,
         "timing": {"probe_s": round(probe_s, 3), "train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
     }
     run.write_json("metrics.json", metrics)

@@ -54,7 +54,9 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
         "selection": sel.table,
         "skipped_files": codes.skipped_files(),
         "left_out_files": [str(p) for p in ds.left_out],  # not images: never read
-        "duplicates_across_splits": codes.duplicates, "cautions": run.cautions, "batch_size": codes.batch_size,
+        "duplicates_across_splits": codes.duplicates,
+        "near_duplicates_across_splits": codes.near_duplicates,
+        "cautions": run.cautions, "batch_size": codes.batch_size,
         "timing": {"extract_s": round(extract_s, 3), "fit_s": round(fit_s, 3)},
     }
     run.write_json("metrics.json", metrics)

@@ -27,6 +27,9 @@ class Backbone(nn.Module):
     name: str = "backbone"
     spec: PreprocessSpec
     weights_id: str = "random"
+    # Cosine of pooled codes from which two images are the same picture re-encoded or resized; measured on
+    # EfficientNet-Lite0 (fit.checks.NEAR_DUPLICATE_COSINE). None: not calibrated, so not checked.
+    near_copy_cosine: float | None = 0.99
     stages: nn.ModuleDict
     classifier: nn.Linear
 

@@ -19,6 +19,7 @@ class TinyNet(Backbone):
     def __init__(self, *, num_classes: int = 10, drop_rate: float = 0.0, seed: int = 0) -> None:
         super().__init__(drop_rate)
         self.name = "tiny_test"
+        self.near_copy_cosine = None  # random weights: every small picture's codes are alike
         self.spec = PreprocessSpec(input_size=32, crop_pct=0.875)
         self.weights_id = f"tiny-seed{seed}"
         with torch.random.fork_rng(devices=[]):
