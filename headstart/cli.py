@@ -171,11 +171,12 @@ app.command("fit")(fit_command(_run_fit))
 app.command("advise")(advise_command)
 
 
-def _run_tune(cfg, *, trials: int | None, budget_min: float | None, freeze: int | None, quiet: bool,  # noqa: ANN001
-              overwrite: bool) -> None:
+def _run_tune(cfg, *, trials: int | None, budget_min: float | None, freeze: int | None,  # noqa: ANN001
+              given: dict, quiet: bool, overwrite: bool) -> None:
     from headstart.tune import tune
 
-    result = tune(cfg, trials=trials, budget_min=budget_min, freeze=freeze, progress=not quiet, overwrite=overwrite)
+    result = tune(cfg, trials=trials, budget_min=budget_min, freeze=freeze, given=given, progress=not quiet,
+                  overwrite=overwrite)
     best = result["best"]
     if best is None:
         print(f"no trial finished; the study is in {cfg.out}/study.db (run the same command to continue)")

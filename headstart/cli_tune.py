@@ -36,7 +36,7 @@ def tune_command(run: Callable[..., None]) -> Callable[..., None]:
         budget = overrides.get("auto", {}).get("budget")
         freeze = overrides.get("finetune", {}).get("freeze")
         run(fit_config(kw.get("config"), overrides), trials=kw.get("trials"), budget_min=budget, freeze=freeze,
-            quiet=bool(kw.get("quiet")), overwrite=bool(kw.get("overwrite")))
+            given=overrides, quiet=bool(kw.get("quiet")), overwrite=bool(kw.get("overwrite")))
 
     skip = {"strategy"}  # tune searches fine-tuning
     resume = next(p for p in _EXTRA if p.name == "resume")

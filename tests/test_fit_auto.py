@@ -208,3 +208,19 @@ def test_budget_stops_fine_tuning_when_the_machine_is_slower_than_estimated(spli
     m = fit(_cfg(split_folder, tmp_path / "run", tmp_path / "cache", budget=0.001), progress=False)
     assert m["strategy"] == "finetune" and m["training"]["epochs_run"] == MIN_EPOCHS
     assert "would overrun the --budget" in m["training"]["stop_reason"]
+
+
+def test_within_budget_stops_when_another_epoch_as_slow_as_the_slowest_would_overrun() -> None:
+    import time
+
+    from headstart.fit.auto import _within_budget
+
+    c = Candidate("plan", "finetune", "fine-tune", replace(FitConfig(), finetune=replace(FitConfig().finetune,
+                                                                                        epochs=10)))
+    deadline = time.perf_counter() + 500.0
+    stop = _within_budget(c, deadline, None)
+    assert stop({"epoch": 1, "seconds": 600.0}) is None  # never before MIN_EPOCHS, however slow
+    assert stop({"epoch": MIN_EPOCHS, "seconds": 100.0}) is not None  # the slowest so far (600 s) would overrun
+    fresh = _within_budget(c, deadline, None)
+    assert [fresh({"epoch": e, "seconds": 100.0}) for e in range(1, 5)] == [None] * 4  # 100 s more fits
+    assert _within_budget(c, None, None)({"epoch": 5, "seconds": 1e6}) is None  # no budget: no stop

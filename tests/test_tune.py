@@ -84,6 +84,28 @@ def test_tune_refuses_another_search_in_the_same_folder(tmp_path: Path, capsys: 
     assert len(json.loads((out / "tune.json").read_text())["trials"]) == 2
 
 
+def test_tune_continues_with_another_budget_and_keeps_explicit_options_over_the_advice(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --freeze: the fine stage is advise's fine-tuning option, but --epochs (given) stays the user's. A rerun
+    with another --budget (or --out spelled otherwise) continues the same search. --weight-decay 0, off the
+    log-scale range, is queued clipped instead of crashing Optuna."""
+    data, cache = _noisy_folder(tmp_path / "data"), tmp_path / "cache"
+    config = tmp_path / "base.toml"
+    config.write_text("[finetune]\nfreeze = 2\n")  # tiny_test has 4 stages; a file value, not a flag
+    args = ["tune", str(data), "--out", str(tmp_path / "run"), "--model", "tiny_test", "--cache-dir", str(cache),
+            "--epochs", "2", "--weight-decay", "0", "--config", str(config), "-q", "--trials", "2"]
+    code, _, err = run_cli(capsys, monkeypatch, *args)
+    assert code == 0, err
+    fine = config_from_argv(["--config", str(tmp_path / "run" / "fine_base.toml")])
+    assert fine.finetune.epochs == 2 and fine.finetune.optim.weight_decay == 0.0
+    rows = json.loads((tmp_path / "run" / "tune.json").read_text())["trials"]
+    assert rows[0]["params"]["weight_decay"] == COARSE["weight_decay"].low
+    args[args.index(str(tmp_path / "run"))] = f"{tmp_path}/./run"  # another spelling of the same folder
+    code, _, err = run_cli(capsys, monkeypatch, *args, "--budget", "30")
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "run" / "tune.json").read_text())["trials"]) == 2  # nothing left to run
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_tune_resumes_after_sigkill_without_repeating_finished_trials(tmp_path: Path) -> None:
     import optuna

@@ -127,7 +127,8 @@ def _select_cv(codes: Codes, candidates: list[Layer], cfg: FitConfig, pool: np.n
     C, acc, loss = _c_within_one_se(r.table, len(y))
     row = table[candidates.index(layer)]
     row |= {"C": C, "val_accuracy": acc, "val_log_loss": loss}
-    protocol = (f"{k}-fold cross-validation x{repeats} on train+val ({len(y)} images)"
+    where = "train+val" if (codes.split == SPLIT_IDS["val"]).any() else "train"
+    protocol = (f"{k}-fold cross-validation x{repeats} on {where} ({len(y)} images)"
                 + (", layers ranked by a ridge probe, one-standard-error rule" if len(candidates) > 1 else "")
                 + note)
     return Selection(layer, row["C"], row["val_accuracy"], len(y), protocol, table)

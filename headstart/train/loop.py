@@ -187,8 +187,8 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
         timings["train_s"] += t1 - t0
         timings["eval_s"] += t2 - t1
         timings["checkpoint_s"] += time.perf_counter() - t2
-        if on_epoch_end is not None and (why := on_epoch_end(dict(row))):
-            s.stop_reason = str(why)
+        if on_epoch_end is not None and (why := on_epoch_end(dict(row))) and not s.stop_reason:
+            s.stop_reason = str(why)  # early stopping's reason, when both stop here, is the one kept
 
     kept_epoch = _keep_final_weights(model, s, avg)
     model.eval()

@@ -56,9 +56,17 @@ def suggest(trial: Any, space: dict[str, Range]) -> dict[str, float]:
 
 
 def recipe_params(cfg: FitConfig) -> dict[str, float]:
-    """The values ``cfg`` trains with, as a trial's parameters (the default recipe is the first trial)."""
+    """The values ``cfg`` trains with, as a trial's parameters (the default recipe is the first trial),
+    each clipped into its coarse range (a weight decay of 0 has no place on a log scale: 1e-5 stands in).
+
+    >>> ft = FitConfig().finetune
+    >>> no_decay = replace(FitConfig(), finetune=replace(ft, optim=replace(ft.optim, weight_decay=0.0)))
+    >>> recipe_params(no_decay)["weight_decay"]
+    1e-05
+    """
     ft = cfg.finetune
-    return {name: float(getattr(ft.optim if name in _OPTIM else ft, name)) for name in COARSE}
+    values = {name: float(getattr(ft.optim if name in _OPTIM else ft, name)) for name in COARSE}
+    return {name: min(max(v, COARSE[name].low), COARSE[name].high) for name, v in values.items()}
 
 
 def apply(cfg: FitConfig, params: dict[str, float]) -> FitConfig:

@@ -30,7 +30,7 @@ from typing import Any
 
 import tomli_w
 
-from headstart.config import FitConfig, from_dict, load_toml
+from headstart.config import FitConfig, deep_update, from_dict, load_toml, to_dict
 from headstart.errors import ConfigError, HeadstartError
 from headstart.fit.rundir import recorded_config
 from headstart.io import atomic_write, lock_dir
@@ -44,10 +44,12 @@ _MADE = ("study.db", "trials", "tune.toml", "tune.json", "best.toml", *_BASE_FIL
 
 
 def tune(cfg: FitConfig, *, trials: int | None = None, budget_min: float | None = None, freeze: int | None = None,
-         progress: bool = True, overwrite: bool = False,
+         given: dict[str, Any] | None = None, progress: bool = True, overwrite: bool = False,
          say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Search in ``cfg.out`` for at most ``trials`` trials (half coarse, half fine) and ``budget_min``
-    minutes of this call (neither: ``cfg.auto.budget`` minutes); returns what ``RUN/tune.json`` holds."""
+    minutes of this call (neither: ``cfg.auto.budget`` minutes), each bound split half and half between the
+    stages; returns what ``RUN/tune.json`` holds. ``given``: the options the user set explicitly (nested, as
+    in the TOML), kept over the advised fine-tuning option's."""
     try:
         import optuna
     except ImportError:
@@ -60,26 +62,32 @@ def tune(cfg: FitConfig, *, trials: int | None = None, budget_min: float | None 
     if trials is not None and trials < 2:
         raise ConfigError(f"--trials must be >= 2 (one coarse, one fine); got {trials}")
     budget_s = (budget_min if budget_min is not None else cfg.auto.budget if trials is None else math.inf) * 60
+    if budget_s <= 0:
+        raise ConfigError("--budget must be above 0 minutes for tune (it bounds the search)")
     say = say or (print if progress else (lambda _: None))
     run = Path(cfg.out)
     t0 = time.perf_counter()
     with lock_dir(run):
         _claim(run, cfg, overwrite)
-        bases = _bases(run, cfg, freeze, progress)
+        bases = _bases(run, cfg, freeze, given or {}, progress)
         storage = f"sqlite:///{run / 'study.db'}"
         want = {"coarse": math.ceil(trials / 2), "fine": trials // 2} if trials else {s: 10**6 for s in STAGES}
+        fine_started = _has_study(storage, "fine")
         for i, stage in enumerate(STAGES):
+            if stage == "coarse" and fine_started:  # its best already centred the fine ranges: keep them
+                continue
             study = optuna.create_study(
                 study_name=stage, storage=storage, direction="minimize", load_if_exists=True,
-                sampler=optuna.samplers.TPESampler(n_startup_trials=max(2, min(want[stage], 30) // 3),
-                                                   seed=cfg.data.seed + i),
                 pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, bases[stage].finetune.epochs // 3),
-                                                                   reduction_factor=3))
+                                                              reduction_factor=3))
+            # A resumed study draws on from where it was: a sampler seeded as before would repeat its draws.
+            study.sampler = optuna.samplers.TPESampler(n_startup_trials=max(2, min(want[stage], 30) // 3),
+                                                       seed=cfg.data.seed + 1000 * i + len(study.trials))
             space = COARSE if stage == "coarse" else narrowed(_best_params(run, storage))
             if not study.trials:  # a new study: the recipe (coarse) or the coarse best (fine) goes first
                 study.enqueue_trial(recipe_params(bases[stage]) if stage == "coarse" else _best_params(run, storage))
             _recover(study, say)
-            stage_end = t0 + budget_s * (0.5 if stage == "coarse" and trials is None else 1.0)
+            stage_end = t0 + budget_s * (0.5 if stage == "coarse" else 1.0)
             _run_stage(study, stage, bases[stage], space, run, want[stage], stage_end, say)
         result = _summary(run, storage)
         atomic_write(run / "tune.json", _json(result))
@@ -88,10 +96,20 @@ def tune(cfg: FitConfig, *, trials: int | None = None, budget_min: float | None 
     return result
 
 
+def _has_study(storage: str, name: str) -> bool:
+    import optuna
+
+    try:
+        return bool(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        return False
+
+
 def _claim(run: Path, cfg: FitConfig, overwrite: bool) -> None:
     """``run`` holds this study (same options: continue it), nothing (start it), or, with ``overwrite``,
     anything (cleared). Anything else is refused, so two searches never mix."""
-    mine = tomli_w.dumps(recorded_config(cfg))
+    # The search's identity: every option but where it is written and how long this call may take.
+    mine = tomli_w.dumps({k: v for k, v in recorded_config(cfg).items() if k not in ("out", "auto")})
     stored = run / "tune.toml"
     if overwrite:
         for name in _MADE:
@@ -107,7 +125,8 @@ def _claim(run: Path, cfg: FitConfig, overwrite: bool) -> None:
     atomic_write(stored, mine.encode())
 
 
-def _bases(run: Path, cfg: FitConfig, freeze: int | None, progress: bool) -> dict[str, FitConfig]:
+def _bases(run: Path, cfg: FitConfig, freeze: int | None, given: dict[str, Any],
+           progress: bool) -> dict[str, FitConfig]:
     """Each stage's configuration before a trial's parameters: decided once, stored, reused on a resume."""
     if all((run / f).is_file() for f in _BASE_FILES.values()):
         return {s: from_dict(FitConfig, load_toml(run / f)) for s, f in _BASE_FILES.items()}
@@ -128,7 +147,9 @@ def _bases(run: Path, cfg: FitConfig, freeze: int | None, progress: bool) -> dic
                         batch_size=cfg.engine.batch_size, backend=cfg.engine.backend, progress=progress,
                         test_fraction=cfg.data.test_fraction)
         plan = advice["plan"]
-        fine = replace(plan_to_config(plan, cfg, runner_up=plan["strategy"] != "finetune"), out=cfg.out)
+        advised = plan_to_config(plan, cfg, runner_up=plan["strategy"] != "finetune")
+        # What the user set explicitly (e.g. --epochs) stays theirs; the plan fills in the rest.
+        fine = from_dict(FitConfig, deep_update(to_dict(advised), given) | {"out": cfg.out, "strategy": "finetune"})
     bases = {"coarse": coarse.validate(), "fine": fine.validate()}
     for s, f in _BASE_FILES.items():
         atomic_write(run / f, tomli_w.dumps(recorded_config(bases[s])).encode())
@@ -176,13 +197,16 @@ def _run_stage(study: Any, stage: str, base: FitConfig, space: dict[str, Range],
         trial.set_user_attr("seconds", round(time.perf_counter() - t, 1))
         return float(m["val"]["loss"])
 
-    failures = 0
-    while _finished(study) < want and time.perf_counter() < deadline and failures <= want:
+    failed_in_a_row = 0
+    while _finished(study) < want and time.perf_counter() < deadline:
         before = len(study.trials)
         study.optimize(objective, n_trials=1, catch=(HeadstartError,))
         t = study.trials[before] if len(study.trials) > before else study.trials[-1]
-        failures += t.state.name == "FAIL"
+        failed_in_a_row = failed_in_a_row + 1 if t.state.name == "FAIL" else 0
         say(f"{stage} {_finished(study)}/{want if want < 10**6 else '-'}: " + _trial_line(t))
+        if failed_in_a_row >= 3:
+            say(f"{stage}: three trials failed in a row; the {stage} stage stops (see the trial folders)")
+            break
 
 
 def _trial_line(t: Any) -> str:
