@@ -24,68 +24,78 @@ from headstart.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-NO_AUG = AugmentConfig(hflip=False, crop="center")
+NO_AUG = AugmentConfig(hflip=False, crop="center", brightness=0.0, contrast=0.0, saturation=0.0, downscale=0.0)
 EPOCHS = 6
+# The fine-tuning defaults before 2026-12-03, which every row below but ft_default and ft_k3_robust_ema_tta* was
+# measured with: each row is built on them, and its flags start with OLD_FLAGS (a later flag wins).
+OLD_AUG = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, downscale=0.0)
+OLD = FinetuneConfig(freeze=5, epochs=10, ema=0.0, tta="none", augment=OLD_AUG)
+OLD_FLAGS = "--strategy finetune --freeze 5 --epochs 10 --ema 0 --tta none --color-jitter 0 --downscale 0"
+
+
+def old(**changes: object) -> FinetuneConfig:
+    """The earlier defaults with ``changes``."""
+    return replace(OLD, **changes)  # type: ignore[arg-type]
+
 
 # name → (FitConfig changes, equivalent CLI flags)
 CONFIGS: dict[str, tuple[dict, str]] = {
     # Every default as it ships: what `headstart fit DATA --strategy finetune` trains.
     "ft_default": ({"strategy": "finetune"}, "--strategy finetune"),
-    # A candidate default, from earlier measurements (ft_k3_robust_ema_tta_all below) but keeping the
-    # validation split for early stopping, as a default run does.
+    # The defaults before 2026-12-03 (BENCHMARKS.md §7 compares them).
+    "ft_old_default": ({"strategy": "finetune", "finetune": OLD}, OLD_FLAGS),
+    # The defaults since 2026-12-03, spelled out (tests/test_config.py checks it equals ft_default): from
+    # earlier measurements (ft_k3_robust_ema_tta_all below) but keeping the validation split for early stopping.
     "ft_k3_robust_ema_tta": ({"strategy": "finetune",
-                              "finetune": FinetuneConfig(freeze=3, epochs=15, ema=0.999, tta="flip",
-                                                         augment=replace(FinetuneConfig().augment, downscale=0.8,
-                                                                         brightness=0.3, contrast=0.3,
-                                                                         saturation=0.3))},
+                              "finetune": old(freeze=3, epochs=15, ema=0.999, tta="flip",
+                                              augment=replace(OLD_AUG, downscale=0.8, brightness=0.3, contrast=0.3,
+                                                              saturation=0.3))},
                              "--strategy finetune --freeze 3 --epochs 15 --ema 0.999 --tta flip --downscale 0.8 "
                              "--color-jitter 0.3"),
     "linear_top": ({"strategy": "linear", "linear": LinearConfig(layer="pooled")}, "--layer pooled"),
     "linear_auto": ({"strategy": "linear", "linear": LinearConfig(layer="auto")}, "--layer auto"),
-    "ft_k7": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=7, epochs=EPOCHS, augment=NO_AUG)},
-              f"--strategy finetune --freeze 7 --epochs {EPOCHS} --no-augment"),
-    "ft_k6": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=6, epochs=EPOCHS, augment=NO_AUG)},
-              f"--strategy finetune --freeze 6 --epochs {EPOCHS} --no-augment"),
-    "ft_k7_ema_tta": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=7, epochs=EPOCHS, augment=NO_AUG,
+    "ft_k7": ({"strategy": "finetune", "finetune": old(freeze=7, epochs=EPOCHS, augment=NO_AUG)},
+              f"{OLD_FLAGS} --freeze 7 --epochs {EPOCHS} --no-augment"),
+    "ft_k6": ({"strategy": "finetune", "finetune": old(freeze=6, epochs=EPOCHS, augment=NO_AUG)},
+              f"{OLD_FLAGS} --freeze 6 --epochs {EPOCHS} --no-augment"),
+    "ft_k7_ema_tta": ({"strategy": "finetune", "finetune": old(freeze=7, epochs=EPOCHS, augment=NO_AUG,
                                                                        ema=0.998, tta="flip", ema_warmup=False)},
-                      f"--strategy finetune --freeze 7 --epochs {EPOCHS} --no-augment --ema 0.998 --tta flip "
+                      f"{OLD_FLAGS} --freeze 7 --epochs {EPOCHS} --no-augment --ema 0.998 --tta flip "
                       "--no-ema-warmup"),
-    "ft_k5_aug": ({"strategy": "finetune", "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS)},
-                  f"--strategy finetune --freeze 5 --epochs {EPOCHS}"),
+    "ft_k5_aug": ({"strategy": "finetune", "finetune": old(freeze=5, epochs=EPOCHS)},
+                  f"{OLD_FLAGS} --freeze 5 --epochs {EPOCHS}"),
     "ft_k5_aug_ema_tta": ({"strategy": "finetune",
-                           "finetune": FinetuneConfig(freeze=5, epochs=EPOCHS, ema=0.998, tta="flip",
+                           "finetune": old(freeze=5, epochs=EPOCHS, ema=0.998, tta="flip",
                                                       ema_warmup=False)},
-                          f"--strategy finetune --freeze 5 --epochs {EPOCHS} --ema 0.998 --tta flip --no-ema-warmup"),
+                          f"{OLD_FLAGS} --freeze 5 --epochs {EPOCHS} --ema 0.998 --tta flip --no-ema-warmup"),
     # Deeper fine-tuning for data far from ImageNet: stages 3.. trained, twice the epochs.
     # (the EMA rows ran before EMA warm-up existed: --no-ema-warmup reproduces them)
     "ft_k3_aug_ema_tta": ({"strategy": "finetune",
-                           "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
+                           "finetune": old(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
                                                       ema_warmup=False)},
-                          f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
+                          f"{OLD_FLAGS} --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
                           "--no-ema-warmup"),
     "ft_k3_bn_aug_ema_tta": ({"strategy": "finetune",
-                              "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
+                              "finetune": old(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
                                                          freeze_bn=False, head_init="random")},
-                             f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
+                             f"{OLD_FLAGS} --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
                              "--no-freeze-bn --head-init random"),
     # LP-FT with small steps (Kumar et al. 2022: fine-tuning distorts features, which costs accuracy out of
     # distribution): head lr 1e-4, backbone 3e-5, no label smoothing (the probe was fitted without it).
     "ft_k3_gentle_ema_tta": ({"strategy": "finetune",
-                              "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
+                              "finetune": old(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
                                                          label_smoothing=0.0,
                                                          optim=OptimConfig(lr=1e-4, backbone_lr_mult=0.3,
                                                                            weight_decay=0.01))},
-                             f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
+                             f"{OLD_FLAGS} --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
                              "--lr 1e-4 --backbone-lr-mult 0.3 --label-smoothing 0"),
     # brain_mri's training images' size tells the class (no_tumor: 1% are 512x512, glioma: 100%), so
     # sharpness is a shortcut; random resolution drops take it away.
     "ft_k3_downscale_ema_tta": ({"strategy": "finetune",
-                                 "finetune": FinetuneConfig(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
-                                                            augment=AugmentConfig(hflip=True, crop="rrc",
-                                                                                  rrc_scale=(0.35, 1.0),
-                                                                                  downscale=0.5),
+                                 "finetune": old(freeze=3, epochs=2 * EPOCHS, ema=0.999, tta="flip",
+                                                            augment=replace(OLD_AUG, downscale=0.5),
                                                             ema_warmup=False)},
-                                f"--strategy finetune --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
+                                f"{OLD_FLAGS} --freeze 3 --epochs {2 * EPOCHS} --ema 0.999 --tta flip "
                                 "--downscale 0.5 --no-ema-warmup"),
 }
 
@@ -97,10 +107,10 @@ CONFIGS["ft_k3_downscale_ema_tta_all"] = ({**_parent, "val_fraction": 0.0}, _fla
 # EMA warm-up on. Designed from the shortcut analysis, not chosen on validation (which does not see the shift).
 CONFIGS["ft_k3_robust_ema_tta_all"] = (
     {"strategy": "finetune", "val_fraction": 0.0,
-     "finetune": FinetuneConfig(freeze=3, epochs=16, ema=0.999, tta="flip",  # the default augmentation, plus:
-                                augment=replace(FinetuneConfig().augment, downscale=0.8,
+     "finetune": old(freeze=3, epochs=16, ema=0.999, tta="flip",  # the default augmentation, plus:
+                                augment=replace(OLD_AUG, downscale=0.8,
                                                 brightness=0.3, contrast=0.3, saturation=0.3))},
-    "--strategy finetune --freeze 3 --epochs 16 --ema 0.999 --tta flip --downscale 0.8 --color-jitter 0.3 "
+    f"{OLD_FLAGS} --freeze 3 --epochs 16 --ema 0.999 --tta flip --downscale 0.8 --color-jitter 0.3 "
     "--val-fraction 0")
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from headstart.config import FitConfig, deep_update, from_dict, load_toml
+from headstart.data.augment import AugmentConfig
 from headstart.errors import ConfigError
 
 __all__ = ["config_from_argv", "fit_command", "fit_config", "option_fields"]
@@ -28,7 +29,8 @@ _PANELS = {"": "Run", "data": "Data", "engine": "Engine", "linear": "Linear clas
 # --no-augment turns every randomisation off, including any from --config.
 _AUG_OFF = {"hflip": False, "crop": "center", "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
             "pca_lighting": 0.0, "downscale": 0.0}
-_AUG_ON = {"hflip": True, "crop": "rrc"}
+# --augment restores the default augmentation (after a --config that turned it off).
+_AUG_ON = {k: getattr(AugmentConfig(), k) for k in _AUG_OFF}
 
 
 def option_fields(cls: type = FitConfig, prefix: str = "") -> Iterator[tuple[str, Field]]:
@@ -86,11 +88,12 @@ _EXTRA = [
     inspect.Parameter("augment", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         Optional[bool], typer.Option("--augment/--no-augment", help="finetune: --no-augment turns every random "
                                      "augmentation off (then the frozen prefix is computed once and cached); "
-                                     "--augment restores flips and random resized crops", show_default=False,
+                                     "--augment restores the default's flips, random resized crops, colour "
+                                     "jitter and resolution drops", show_default=False,
                                      rich_help_panel=_PANELS["finetune.augment"])]),
     inspect.Parameter("color_jitter", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         Optional[float], typer.Option(help="finetune: brightness, contrast and saturation factors drawn in "
-                                      "1 +- this \\[default: 0]", show_default=False,
+                                      f"1 +- this \\[default: {AugmentConfig().brightness:g}]", show_default=False,
                                       rich_help_panel=_PANELS["finetune.augment"])]),
     inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         Optional[Path], typer.Option("--config", "-c", help="TOML config (e.g. a previous RUN_DIR/config.toml); "

@@ -88,8 +88,11 @@ def test_each_flag_changes_exactly_its_field(path: str) -> None:
 def test_compound_flags() -> None:
     off = config_from_argv(["DATA", "--out", "R", "--no-augment"]).finetune.augment
     assert not off.enabled
-    jitter = _changed(config_from_argv(["DATA", "--out", "R", "--color-jitter", "0.3"]))
-    assert jitter == {f"finetune.augment.{k}": 0.3 for k in ("brightness", "contrast", "saturation")}
+    jitter = _changed(config_from_argv(["DATA", "--out", "R", "--color-jitter", "0.5"]))
+    assert jitter == {f"finetune.augment.{k}": 0.5 for k in ("brightness", "contrast", "saturation")}
+    # --augment after a config that turned it off restores the default augmentation, every part of it
+    assert config_from_argv(["DATA", "--out", "R", "--no-augment", "--augment"]) == config_from_argv(["DATA", "--out",
+                                                                                                      "R"])
     # a single-field flag wins over a compound one, whatever their order
     assert config_from_argv(["DATA", "--out", "R", "--crop", "scale_jitter", "--no-augment"]).finetune.augment.crop \
         == "scale_jitter"
@@ -120,7 +123,7 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     (["--freeze", "99", "--strategy", "finetune"], r"finetune.freeze must be <= \d+, the number of stages"),
     (["--layer", "stage99"], r"linear.layer must be auto or taps of efficientnet_lite0"),
     (["--snapshots"], r"needs finetune.schedule.name = 'sgdr'"),
-    (["--warmup", "20"], r"warmup_epochs must be <= finetune.epochs \(10\); got 20"),
+    (["--warmup", "20"], r"warmup_epochs must be <= finetune.epochs \(15\); got 20"),
     (["--model", "resnet"], r"unknown model 'resnet'"),
 ])
 def test_bad_values_are_refused_with_the_option_rule_and_value(argv: list[str], message: str) -> None:
@@ -154,3 +157,8 @@ def test_every_benchmark_command_builds_the_config_its_row_runs() -> None:
     for name, (_, flags) in bench.CONFIGS.items():
         row = bench.row_config(name, Path("DATA"), Path("R")).validate()
         assert config_from_argv(["DATA", "--out", "R", *flags.split()]) == row, name
+    # the defaults, spelled out, are the defaults; the old ones are not
+    assert bench.row_config("ft_k3_robust_ema_tta", Path("D"), Path("R")) == bench.row_config("ft_default", Path("D"),
+                                                                                                Path("R"))
+    assert bench.row_config("ft_old_default", Path("D"), Path("R")) != bench.row_config("ft_default", Path("D"),
+                                                                                          Path("R"))

@@ -23,7 +23,7 @@ def data(tmp_path: Path) -> Path:
 def _cfg(data: Path, out: Path, cache: Path, **ft: object) -> FitConfig:
     return FitConfig(out=str(out), strategy="finetune", model="tiny_test", data=DataConfig(path=str(data)),
                      engine=EngineConfig(backend="torch", cache_dir=str(cache), batch_size=8),
-                     finetune=replace(FinetuneConfig(epochs=2, freeze=1), **ft))
+                     finetune=replace(FinetuneConfig(epochs=2, freeze=1, ema=0.0, tta="none"), **ft))
 
 
 def test_finetune_writes_run_and_loadable_bundle(data: Path, tmp_path: Path) -> None:

@@ -45,7 +45,8 @@ class AugmentConfig:
     to a side of ``U[downscale_range] × input_size`` and enlarged back, so that sharpness, which often
     tells the *source* of an image (a scanner, a website) rather than its class, stops being a cue.
 
-    >>> AugmentConfig().enabled, AugmentConfig(hflip=False, crop="center").enabled
+    >>> off = dict(hflip=False, crop="center", brightness=0.0, contrast=0.0, saturation=0.0, downscale=0.0)
+    >>> AugmentConfig().enabled, AugmentConfig(**off).enabled
     (True, False)
     """
 
@@ -55,12 +56,12 @@ class AugmentConfig:
     rrc_scale: tuple[float, float] = setting((0.35, 1.0), help="rrc: range of the crop's share of the image area")
     rrc_ratio: tuple[float, float] = setting((3 / 4, 4 / 3), help="rrc: range of the crop's aspect ratio")
     jitter_range: tuple[float, float] = setting((1.0, 1.75), help="scale_jitter: short side range, x input size")
-    brightness: float = setting(0.0, ge=0, help="colour jitter: brightness factor in 1 +- this (--color-jitter)")
-    contrast: float = setting(0.0, ge=0, help="colour jitter: contrast factor in 1 +- this (--color-jitter)")
-    saturation: float = setting(0.0, ge=0, help="colour jitter: saturation factor in 1 +- this (--color-jitter)")
+    brightness: float = setting(0.3, ge=0, help="colour jitter: brightness factor in 1 +- this (--color-jitter)")
+    contrast: float = setting(0.3, ge=0, help="colour jitter: contrast factor in 1 +- this (--color-jitter)")
+    saturation: float = setting(0.3, ge=0, help="colour jitter: saturation factor in 1 +- this (--color-jitter)")
     pca_lighting: float = setting(0.0, ge=0, flag="--pca-lighting", help="finetune: AlexNet PCA colour "
                                   "augmentation, std of the coefficients, e.g. 0.1")
-    downscale: float = setting(0.0, ge=0, le=1, flag="--downscale", help="finetune: probability of a random "
+    downscale: float = setting(0.8, ge=0, le=1, flag="--downscale", help="finetune: probability of a random "
                                "resolution drop (shrink, enlarge back), so sharpness stops telling the image's "
                                "source")
     downscale_range: tuple[float, float] = setting((0.35, 0.9), help="downscale: side range, x input size")
