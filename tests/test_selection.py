@@ -104,3 +104,13 @@ def test_c_is_the_lowest_log_loss_on_the_accuracy_plateau() -> None:
     assert _c_within_one_se(rows, n=10**7)[0] == 1.78e-3  # no noise: the accuracy argmax
     svm = [(C, acc, float("nan")) for C, acc, _ in rows]  # no probabilities: the accuracy argmax
     assert _c_within_one_se(svm, n=1800)[0] == 1.78e-3
+
+
+def test_selection_cv_with_too_few_images_for_the_folds_says_what_works() -> None:
+    from headstart.errors import ConfigError
+
+    codes = _codes(0, n=250)
+    codes.labels[np.flatnonzero(codes.labels == 1)[3:]] = 0  # class 1 keeps 3 images
+    with pytest.raises(ConfigError, match=r"--selection cv\).*use --selection val"):
+        select(codes, TAPS, FitConfig(linear=LinearConfig(selection="cv")), ["a", "b"])
+    assert select(codes, TAPS, FitConfig(), ["a", "b"]).protocol == "validation split"  # auto falls back

@@ -31,7 +31,7 @@ def require_training_images(classes: Sequence[str], labels: np.ndarray, split: n
 
 
 def check_cv_folds(labels: np.ndarray, classes: Sequence[str], folds: int, *, seed: int | None = None,
-                   finetune: bool = False) -> None:
+                   finetune: bool = False, selection_cv: bool = False) -> None:
     """Stratified k-fold cross-validation needs every class in every fold: at least ``folds`` training images
     per class. Checked on the listed files before any is read, and again on the decoded ones.
 
@@ -52,13 +52,17 @@ def check_cv_folds(labels: np.ndarray, classes: Sequence[str], folds: int, *, se
         fixes.append(f"use --val-fraction {fraction:g} (choices on a validation split instead)")
     if finetune:
         fixes.append("use --head-init random (no linear probe, so no cross-validation)")
+    if selection_cv:
+        fixes.append("use --selection val (choices on the validation split)")
     few = [classes[i] for i in np.flatnonzero(counts < folds)]
     fixes.append(f"add images ({folds} per class for {folds} folds)")
-    fixes.append("provide a val/ folder")
+    if not selection_cv:
+        fixes.append("provide a val/ folder")
+    when = "(--selection cv)" if selection_cv else "when there is no validation split"
     names = ", ".join(repr(x) for x in few[:5]) + (f" and {len(few) - 5} more" if len(few) > 5 else "")
     raise ConfigError(f"class {classes[c]!r} has only {n} training image{'s' if n != 1 else ''}, fewer than the "
-                      f"{folds} cross-validation folds (linear.cv_folds) that choose C and the layer when there is "
-                      f"no validation split (too few: {names}); {', or '.join(fixes)}")
+                      f"{folds} cross-validation folds (linear.cv_folds) that choose C and the layer {when} "
+                      f"(too few: {names}); {', or '.join(fixes)}")
 
 
 def count_duplicates_across_splits(hashes: Sequence[str], split: np.ndarray, paths: Sequence[Path]) -> int:

@@ -72,7 +72,7 @@ def select(codes: Codes, candidates: list[Layer], cfg: FitConfig, classes: list[
     mode = selection_mode(codes.labels[pool], bool(va.any()), cfg)
     if mode != "val":
         check_cv_folds(codes.labels[pool if mode == "cv" else tr], classes, cfg.linear.cv_folds,
-                       finetune=cfg.strategy == "finetune")
+                       finetune=cfg.strategy == "finetune", selection_cv=mode == "cv" and bool(va.any()))
     if mode == "cv":
         return _select_cv(codes, candidates, cfg, pool)
     return _select_split(codes, candidates, cfg, tr, va if mode == "val" else None)
