@@ -179,8 +179,9 @@ def report() -> str:
                  for s in FIXED]
         fixed = {s: m for s, m in mean.items() if s in FIXED}
         best = max(fixed, key=fixed.get) if fixed else None
-        runner = sorted(fixed.values())[-2] if len(fixed) > 1 else None
-        noise = max(spread.get(s, 0.0) for s in fixed) if fixed else 0.0
+        second = sorted(fixed, key=fixed.get)[-2] if len(fixed) > 1 else None
+        runner = fixed[second] if second else None
+        noise = max(spread.get(best, 0.0), spread.get(second, 0.0)) if second else 0.0  # the two compared
         best_cell = "-" if best is None else (best if runner is None or fixed[best] - runner > noise else
                                               f"tie ({best} by {100 * (fixed[best] - runner):.1f})")
         complete = best is not None and len(fixed) == len(FIXED)
