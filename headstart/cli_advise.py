@@ -20,8 +20,8 @@ def advise_command(
                                           "object.")] = False,
     model: Annotated[str, typer.Option("--model", "-m", help="Backbone from `headstart models`.")]
     = "efficientnet_lite0",
-    seed: Annotated[int, typer.Option(min=0, help="Seed of fit's test split and of the cross-validation "
-                                      "folds (use the one you will fit with).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of fit's test split, which advise leaves unread (use "
+                                      "the one you will fit with); the scores' folds do not depend on it.")] = 0,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache \\[default: $HEADSTART_CACHE/features, "
                                                       "else ~/.cache/headstart/features].",
                                                       show_default=False)] = None,

@@ -98,6 +98,16 @@ def test_tap_choice_is_stable_under_junk_files_and_a_new_seed(tmp_path: Path) ->
     data = _noisy_folder(tmp_path / "data")
     base = advise(data, model="tiny_test", seed=0, progress=False)
     reseeded = advise(data, model="tiny_test", seed=1, progress=False)
+    split_dir = tmp_path / "split"  # with its own test folder, another seed changes nothing advise reads
+    for name in ("train", "test"):
+        for cls in "abcd":
+            (split_dir / name / cls).mkdir(parents=True)
+    for s in ImageFolder(data, seed=0).splits["train"]:
+        (split_dir / "train" / s.path.parent.name / s.path.name).symlink_to(s.path)
+    for s in ImageFolder(data, seed=0).splits["test"]:
+        (split_dir / "test" / s.path.parent.name / s.path.name).symlink_to(s.path)
+    fixed = [advise(split_dir, model="tiny_test", seed=k, progress=False)["taps"] for k in (0, 1)]
+    assert fixed[0] == fixed[1]  # every tap's scores identical: the folds follow the images, not the seed
     test_before = {s.path.name for s in ImageFolder(data, seed=0).splits["test"]}
     for i in range(5):
         (data / "abcd"[i % 4] / f"junk_{i}.jpg").write_bytes(b"\xff\xd8 truncated")

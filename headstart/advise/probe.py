@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-__all__ = ["ProbeScore", "cv_plan", "cv_repeats", "one_se_choice", "probe_accuracy"]
+__all__ = ["CV_SEED", "ProbeScore", "cv_plan", "cv_repeats", "one_se_choice", "probe_accuracy"]
+
+CV_SEED = 0  # the partitions of every repeated k-fold that chooses (advise's taps, fit's layer and C)
 
 # Ridge strengths relative to the mean eigenvalue of the fold's Gram matrix: from barely regularised to
 # shrinking every direction; scale-free, so one grid fits taps of 16 and of 1,280 channels.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.advise.probe import cv_repeats, one_se_choice, probe_accuracy
+from headstart.advise.probe import CV_SEED, cv_repeats, one_se_choice, probe_accuracy
 from headstart.config import CV_BELOW_IMAGES, FitConfig
 from headstart.fit.checks import check_cv_folds
 from headstart.fit.codes import SPLIT_IDS, Codes
@@ -29,8 +29,6 @@ from headstart.heads import LinearSVM, SoftmaxRegression, cross_val_sweep, sweep
 from headstart.models import POOLED
 
 __all__ = ["Selection", "make_head", "select", "selection_mode"]
-
-CV_SEED = 0  # the partitions of the repeated k-fold
 
 
 def make_head(cfg: FitConfig):  # noqa: ANN201
