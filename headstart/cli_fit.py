@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from headstart.config import FitConfig, deep_update, from_dict, load_toml
-from headstart.data.augment import AugmentConfig
+from headstart.data.augment import AUGMENT_OFF, AugmentConfig
 from headstart.errors import ConfigError
 
 __all__ = ["config_from_argv", "fit_command", "fit_config", "option_fields"]
@@ -26,11 +26,8 @@ _PANELS = {"": "Run", "data": "Data", "engine": "Engine", "linear": "Linear clas
            "finetune": "Fine-tuning (--strategy finetune)", "finetune.optim": "Fine-tuning: optimiser",
            "finetune.schedule": "Fine-tuning: schedule", "finetune.augment": "Fine-tuning: augmentation",
            "auto": "Choosing for you (--strategy auto)"}
-# --no-augment turns every randomisation off, including any from --config.
-_AUG_OFF = {"hflip": False, "crop": "center", "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
-            "pca_lighting": 0.0, "downscale": 0.0}
 # --augment restores the default augmentation (after a --config that turned it off).
-_AUG_ON = {k: getattr(AugmentConfig(), k) for k in _AUG_OFF}
+_AUG_ON = {k: getattr(AugmentConfig(), k) for k in AUGMENT_OFF}
 
 
 def option_fields(cls: type = FitConfig, prefix: str = "") -> Iterator[tuple[str, Field]]:
@@ -140,7 +137,7 @@ def overrides_from(kw: dict[str, Any]) -> dict[str, Any]:
         out.setdefault("data", {})["path"] = str(kw["data"])
     aug: dict[str, Any] = {}
     if kw.get("augment") is not None:
-        aug = dict(_AUG_ON if kw["augment"] else _AUG_OFF)
+        aug = dict(_AUG_ON if kw["augment"] else AUGMENT_OFF)
     if kw.get("color_jitter") is not None:
         aug |= dict.fromkeys(("brightness", "contrast", "saturation"), kw["color_jitter"])
     if aug:  # single-field flags (--crop, --downscale...) win over the compound ones

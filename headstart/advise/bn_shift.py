@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.data.decode import decode_image
+from headstart.data.loader import BatchLoader
 from headstart.data.transforms import EvalTransform
-from headstart.errors import HeadstartError
 from headstart.models import Backbone
 
 __all__ = ["bn_shift"]
@@ -75,15 +74,9 @@ def bn_shift(backbone: Backbone, paths: Sequence[str | Path], *, max_images: int
     backbone.eval()
     try:
         with torch.no_grad():
-            for i in range(0, len(paths), batch_size):
-                arrays = []
-                for p in paths[i:i + batch_size]:
-                    try:
-                        arrays.append(transform(decode_image(p, draft_size=transform.draft_size)))
-                    except (HeadstartError, OSError):
-                        continue
-                if arrays:
-                    backbone.forward_features(torch.from_numpy(np.stack(arrays)))
+            for batch in BatchLoader(paths, transform, batch_size=batch_size, draft_size=transform.draft_size,
+                                     warn=False):
+                backbone.forward_features(torch.from_numpy(batch.images))
     finally:
         for h in hooks:
             h.remove()

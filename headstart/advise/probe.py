@@ -24,9 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-__all__ = ["CV_SEED", "ProbeScore", "cv_plan", "cv_repeats", "one_se_choice", "probe_accuracy"]
+__all__ = ["CV_SEED", "ProbeScore", "content_order", "cv_plan", "cv_repeats", "one_se_choice", "probe_accuracy"]
 
 CV_SEED = 0  # the partitions of every repeated k-fold that chooses (advise's taps, fit's layer and C)
+
+
+def content_order(hashes: Sequence[str]) -> np.ndarray:
+    """The order of rows by image content hash: folds drawn with ``CV_SEED`` over rows in this order depend
+    on the images alone, not on how a folder was listed or split."""
+    return np.argsort(np.asarray(hashes), kind="stable")
 
 # Ridge strengths relative to the mean eigenvalue of the fold's Gram matrix: from barely regularised to
 # shrinking every direction; scale-free, so one grid fits taps of 16 and of 1,280 channels.

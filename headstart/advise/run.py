@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from headstart.advise.bn_shift import bn_shift
 from headstart.advise.facts import FitRows, dataset_facts
 from headstart.advise.plan import Signals, TapSignal, make_plan
-from headstart.advise.probe import CV_SEED, one_se_choice
+from headstart.advise.probe import CV_SEED, content_order, one_se_choice
 from headstart.advise.transfer import imagenet_view, score_taps
 from headstart.config import DataConfig
 from headstart.data import ImageFolder
@@ -62,7 +62,7 @@ def advise(data: str | Path, *, model: str = "efficientnet_lite0", seed: int = 0
         task = bar.add_task("scoring taps", total=len(taps))
         # As fit's linear choice (fit.probe): folds over the images in content order with a fixed seed, so the
         # scores depend on the images alone, not on --seed or on the order the folder was listed in.
-        order = np.argsort(np.asarray(res.hashes), kind="stable")
+        order = content_order(res.hashes)
         scores = score_taps({t: c[order] for t, c in res.codes.items()}, labels[order], taps, seed=CV_SEED,
                             on_tap=lambda _: bar.advance(task))
         bar.update(task, completed=len(taps))

@@ -31,6 +31,11 @@ CROPS = ("rrc", "scale_jitter", "center")
 _GRAY = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as PIL's "L" mode
 
 
+# Every random augmentation off (``--no-augment``; tune's coarse stage): then the frozen prefix is cached.
+AUGMENT_OFF: dict[str, Any] = {"hflip": False, "crop": "center", "brightness": 0.0, "contrast": 0.0,
+                               "saturation": 0.0, "pca_lighting": 0.0, "downscale": 0.0}
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """What to randomise. All off (``hflip=False, crop="center"``, zero strengths) = the eval transform.

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.advise.probe import content_order
 from headstart.config import FitConfig
 from headstart.data import ImageFolder
 from headstart.features import FeatureCache, default_cache_dir, extract_codes
@@ -47,7 +48,7 @@ class Codes:
         on which split each fell in: cross-validation over train+val then partitions the same images the
         same way however the val split was drawn."""
         idx = np.flatnonzero(mask)
-        return idx[np.argsort(np.asarray(self.hashes)[idx], kind="stable")] if self.hashes else idx
+        return idx[content_order(np.asarray(self.hashes)[idx])] if self.hashes else idx
 
     def X(self, layer: Layer, mask: np.ndarray) -> np.ndarray:
         return np.hstack([self.by_tap[t][mask] for t in layer]).astype(np.float32, copy=False)

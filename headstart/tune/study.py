@@ -31,8 +31,9 @@ from typing import Any
 import tomli_w
 
 from headstart.config import FitConfig, deep_update, from_dict, load_toml, to_dict
+from headstart.data.augment import AUGMENT_OFF
 from headstart.errors import ConfigError, HeadstartError
-from headstart.fit.rundir import recorded_config
+from headstart.fit.rundir import RunDir, recorded_config
 from headstart.io import atomic_write, lock_dir
 from headstart.tune.space import COARSE, Range, apply, narrowed, recipe_params, suggest
 
@@ -90,9 +91,10 @@ def tune(cfg: FitConfig, *, trials: int | None = None, budget_min: float | None 
             stage_end = t0 + budget_s * (0.5 if stage == "coarse" else 1.0)
             _run_stage(study, stage, bases[stage], space, run, want[stage], stage_end, say)
         result = _summary(run, storage)
-        atomic_write(run / "tune.json", _json(result))
+        out = RunDir(run)
+        out.write_json("tune.json", result)
         if result["best"]:
-            atomic_write(run / "best.toml", tomli_w.dumps(result["best"]["config"]).encode())
+            out.write_text("best.toml", tomli_w.dumps(result["best"]["config"]))
     return result
 
 
@@ -133,8 +135,7 @@ def _bases(run: Path, cfg: FitConfig, freeze: int | None, given: dict[str, Any],
     from headstart.models import create_model
 
     stages = len(create_model(cfg.model).stages)
-    no_aug = replace(cfg.finetune.augment, hflip=False, crop="center", brightness=0.0, contrast=0.0,
-                     saturation=0.0, pca_lighting=0.0, downscale=0.0)
+    no_aug = replace(cfg.finetune.augment, **AUGMENT_OFF)
     coarse = replace(cfg, finetune=replace(cfg.finetune, freeze=max(stages - 2, 0), augment=no_aug, tta="none",
                                            snapshots=False))
     if freeze is not None:
@@ -249,8 +250,3 @@ def _summary(run: Path, storage: str) -> dict[str, Any]:
         best = best | {"config": recorded_config(replace(cfg, out=str(run / "best")))}
     return {"trials": rows, "best": best}
 
-
-def _json(obj: Any) -> bytes:
-    import json
-
-    return (json.dumps(obj, indent=1, default=str) + "\n").encode()
