@@ -52,8 +52,8 @@ CONFIGS: dict[str, tuple[dict, str]] = {
                                                               saturation=0.3))},
                              "--strategy finetune --freeze 3 --epochs 15 --ema 0.999 --tta flip --downscale 0.8 "
                              "--color-jitter 0.3"),
-    "linear_top": ({"strategy": "linear", "linear": LinearConfig(layer="pooled")}, "--layer pooled"),
-    "linear_auto": ({"strategy": "linear", "linear": LinearConfig(layer="auto")}, "--layer auto"),
+    "linear_top": ({"strategy": "linear", "linear": LinearConfig(layer="pooled")}, "--strategy linear --layer pooled"),
+    "linear_auto": ({"strategy": "linear", "linear": LinearConfig(layer="auto")}, "--strategy linear --layer auto"),
     "ft_k7": ({"strategy": "finetune", "finetune": old(freeze=7, epochs=EPOCHS, augment=NO_AUG)},
               f"{OLD_FLAGS} --freeze 7 --epochs {EPOCHS} --no-augment"),
     "ft_k6": ({"strategy": "finetune", "finetune": old(freeze=6, epochs=EPOCHS, augment=NO_AUG)},

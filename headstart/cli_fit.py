@@ -158,9 +158,10 @@ def fit_command(run: Callable[..., None]) -> Callable[..., None]:
     def fit(**kw: Any) -> None:
         """Train a classifier on an image folder and evaluate it on a held-out test split.
 
+        --strategy auto (the default): measure the data (headstart advise), run the plan and, within --budget
+        (20 min), its runner-up; keep the better on validation. Options you set win over the plan's.
         --strategy linear: a linear classifier on cached CNN codes.
         --strategy finetune: a new head, the top stages trained.
-        --strategy auto: run headstart advise's plan (and, within --budget, its runner-up); keep the better on val.
 
         Every option can also be set in a TOML file (--config) under the names of RUN_DIR/config.toml.
         """

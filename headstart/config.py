@@ -141,9 +141,10 @@ class AutoConfig:
 @dataclass(frozen=True)
 class FitConfig:
     out: str = setting("", flag=("--out", "-o"), help="run directory to write")
-    strategy: str = setting("linear", choices=STRATEGIES, flag="--strategy", help="linear (CNN codes + a "
-                            "linear classifier), finetune, or auto (advise, then run the plan and, within "
-                            "--budget, the runner-up; the better on validation is kept)")
+    strategy: str = setting("auto", choices=STRATEGIES, flag="--strategy", help="auto (advise, then run the "
+                            "plan and, within --budget, the runner-up; the better on validation is kept; options "
+                            "you set away from their defaults win over the plan's), linear (CNN codes + a linear "
+                            "classifier) or finetune")
     model: str = setting("efficientnet_lite0", flag=("--model", "-m"), help="backbone from `headstart models`")
     data: DataConfig = field(default_factory=DataConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -174,8 +175,8 @@ class FitConfig:
             raise ConfigError(f"finetune.freeze must be <= {len(stages)}, the number of stages of {self.model} "
                               f"({', '.join(stages)}); got {ft.freeze} (--freeze)")
         layers = [t.strip() for t in self.linear.layer.split(",")]
-        unknown = [t for t in layers if t not in taps] if self.strategy == "linear" and self.linear.layer != "auto" \
-            else []
+        uses_layer = self.strategy in ("linear", "auto") and self.linear.layer != "auto"  # auto's linear candidate
+        unknown = [t for t in layers if t not in taps] if uses_layer else []
         if unknown:
             raise ConfigError(f"linear.layer must be auto or taps of {self.model} joined by commas "
                               f"({', '.join(taps)}); got {self.linear.layer!r} (--layer)")
@@ -232,6 +233,26 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}") from None
+
+
+def changed_from_defaults(cfg: Any) -> dict[str, Any]:
+    """The options of ``cfg`` (a config dataclass) whose values differ from its class's defaults, nested by
+    section: what a user set, as far as a config can tell (a value set to its default is not told apart).
+
+    >>> changed_from_defaults(FitConfig(out="r", finetune=FinetuneConfig(epochs=4)))
+    {'out': 'r', 'finetune': {'epochs': 4}}
+    """
+    def diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in a.items():
+            if isinstance(v, dict) and isinstance(b.get(k), dict):
+                if sub := diff(v, b[k]):
+                    out[k] = sub
+            elif v != b.get(k):
+                out[k] = v
+        return out
+
+    return diff(to_dict(cfg), to_dict(type(cfg)()))
 
 
 def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def test_help_is_complete(args: list[str], capsys: pytest.CaptureFixture[str], m
         for opt in ("--strategy", "--layer", "--freeze", "--config", "--resume", "--tta", "--ema"):
             assert opt in out
         # "[default: x]" is rich markup unless escaped: it vanished from the help once, leaving "text ."
-        for default in ("[default: linear]", "[default: efficientnet_lite0]", "[default: 5]"):
+        for default in ("[default: auto]", "[default: efficientnet_lite0]", "[default: 5]"):
             assert default in " ".join(out.replace("│", " ").split()), default
 
 

@@ -16,7 +16,7 @@ from headstart.fit import fit
 
 
 def _cfg(data: Path, out: Path, cache: Path, **linear: object) -> FitConfig:
-    return FitConfig(out=str(out), model="tiny_test", data=DataConfig(path=str(data)),
+    return FitConfig(out=str(out), strategy="linear", model="tiny_test", data=DataConfig(path=str(data)),
                      engine=EngineConfig(backend="torch", cache_dir=str(cache)), linear=LinearConfig(**linear))
 
 

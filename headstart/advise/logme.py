@@ -33,6 +33,7 @@ __all__ = ["LogMEResult", "fit_evidence", "log_evidence", "logme", "logme_detail
 _MAX_ITER = 1000
 _RTOL = 1e-10  # on alpha/beta between iterations: the fixed point converges in a handful of steps anyway
 _TINY = 1e-300  # keeps log() finite when a class is fitted exactly (residual 0) or not at all (m'm 0)
+_T_MAX = 1e300  # alpha / beta, capped: the prior then pins every weight to 0 either way
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,11 @@ def spectrum(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _terms(s: np.ndarray, z2: np.ndarray, rest: float, alpha: float, beta: float) -> tuple[float, float, float]:
     """``(gamma, m'm, ||Fm - y||^2)`` on the eigenbasis (``rest``: the part of ||y||^2 outside span(F))."""
-    t = alpha / beta
-    gamma = float(np.sum(s / (s + t)))
-    mm = float(np.sum(s * z2 / (s + t) ** 2))
-    res = float(np.sum(z2 * (t / (s + t)) ** 2)) + rest
+    t = min(alpha / beta, _T_MAX)
+    r = 1.0 / (s + t)  # as factors: (s + t) ** 2 overflows when the labels are out of span(F) (alpha -> inf)
+    gamma = float(np.sum(s * r))
+    mm = float(np.sum(s * z2 * r * r))
+    res = float(np.sum(z2 * (t * r) ** 2)) + rest
     return gamma, mm, res
 
 

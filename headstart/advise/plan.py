@@ -177,7 +177,7 @@ def _linear(sig: Signals, tap: str, data: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"layer": tap, "C": "chosen by repeated cross-validation on train+val "
                                 f"(the validation split from {CV_BELOW_IMAGES:,} images)",
                                 "augmentation": "none (codes of the centre crop)"}
-    flags = ["--layer", tap]
+    flags = ["--strategy", "linear", "--layer", tap]
     config: dict[str, Any] = {"strategy": "linear", "linear": {"layer": tap}}
     if sig.imbalance >= CLASS_WEIGHT_IMBALANCE:
         flags += ["--class-weight", "balanced"]

@@ -12,6 +12,8 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from PIL import Image
 from headstart.data.decode import decode_image
 from headstart.errors import ConfigError, DecodeError
 
-__all__ = ["Batch", "BatchLoader", "DecodeFailure", "failure_message"]
+__all__ = ["Batch", "BatchLoader", "DecodeFailure", "failure_message", "failures_reported_once", "warn_failures"]
 
 _MAX_LISTED = 20
 
@@ -134,8 +136,35 @@ class BatchLoader:
         finally:
             # An early `break` by the consumer must not wait for batches nobody will read.
             pool.shutdown(wait=True, cancel_futures=True)
-        if self.failures and self.warn:
-            warnings.warn(failure_message(self.failures, len(self.paths)), stacklevel=2)
+        if self.warn:
+            warn_failures(self.failures, len(self.paths))
+
+
+# Paths already reported as undecodable in this scope (``failures_reported_once``); None: no scope, every
+# reader reports every failure it meets.
+_REPORTED: ContextVar[set[Path] | None] = ContextVar("headstart_reported_failures", default=None)
+
+
+@contextmanager
+def failures_reported_once() -> Iterator[None]:
+    """Within this block each undecodable file is reported once, by the first reader that meets it: one
+    command that reads the folder several times (``fit --strategy auto``: advise, then each candidate)
+    warns once per bad file, not once per pass."""
+    token = _REPORTED.set(set())
+    try:
+        yield
+    finally:
+        _REPORTED.reset(token)
+
+
+def warn_failures(failures: Sequence[DecodeFailure], total: int, *, stacklevel: int = 2) -> None:
+    """One warning for the files of ``failures`` not yet reported (see ``failures_reported_once``)."""
+    seen = _REPORTED.get()
+    new = [f for f in failures if seen is None or f.path not in seen]
+    if seen is not None:
+        seen.update(f.path for f in new)
+    if new:
+        warnings.warn(failure_message(new, total), stacklevel=stacklevel + 1)
 
 
 def failure_message(failures: Sequence[DecodeFailure], total: int) -> str:

@@ -72,6 +72,9 @@ def _auto_lines(auto: dict[str, Any], run_dir: str | Path) -> list[str]:
     """What ``--strategy auto`` planned, why, what it compared (validation figures and cost) and kept."""
     plan = auto["plan"]
     lines = [f"auto: {plan['summary']}"] + [f"  - {e}" for e in plan["evidence"]]
+    for role, kept in auto.get("yours_over_plan", {}).items():
+        lines.append(f"  your options, kept over the plan's ({role}): " + ", ".join(
+            f"{k} = {v['yours']!r} (plan: {v['plan']!r})" for k, v in kept.items()))
     lines.append("  compared on validation (the test split is never used to choose):")
     for c in auto["candidates"]:
         if not c["ran"]:

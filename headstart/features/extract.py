@@ -24,7 +24,7 @@ from rich.text import Text
 from torch import nn
 
 from headstart.data import BatchLoader, DecodeFailure, EvalTransform
-from headstart.data.loader import failure_message
+from headstart.data.loader import warn_failures
 from headstart.engine import Engine, make_engine
 from headstart.engine.base import AUTO_BATCH_START, AutoBatchEngine
 from headstart.engine.codes import CodesModule
@@ -144,8 +144,8 @@ def extract_codes(
     n_cached = int(hit[keep].sum())
     position = {p: i for i, p in enumerate(inputs)}
     failures.sort(key=lambda f: position.get(f.path, 0))
-    if failures:  # one warning for every skipped file: unreadable ones, and every copy of an undecodable one
-        warnings.warn(failure_message(failures, len(inputs)), stacklevel=2)
+    # one warning for every skipped file: unreadable ones, and every copy of an undecodable one
+    warn_failures(failures, len(inputs))
     index = np.asarray(ok, dtype=np.int64)[keep]
     return ExtractResult(codes=codes, paths=[inputs[i] for i in index], index=index, hashes=kept_hashes,
                          failures=failures, n_cached=n_cached, n_computed=len(keep) - n_cached,

@@ -21,12 +21,16 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from headstart.advise.plan import Plan
-from headstart.config import FitConfig, deep_update, from_dict, to_dict
+from headstart.config import FitConfig, changed_from_defaults, deep_update, from_dict, to_dict
+from headstart.data.loader import failures_reported_once
 from headstart.fit.auto_cost import (
     MIN_EPOCHS,
     BackboneCost,
@@ -35,10 +39,10 @@ from headstart.fit.auto_cost import (
     estimate_seconds,
 )
 from headstart.fit.compare import Candidate, choose, comparison_record
-from headstart.fit.rundir import RunDir, open_dataset
+from headstart.fit.rundir import RunDir, checked_dataset, open_dataset
 from headstart.io import LOCK_NAME, tmp_path_for
 
-__all__ = ["CANDIDATES", "fit_auto", "plan_to_config"]
+__all__ = ["CANDIDATES", "fit_auto", "kept_over_plan", "plan_to_config"]
 
 CANDIDATES = "candidates"  # RUN/candidates/<strategy>/: one complete run per candidate
 # The kept candidate's files that make it the run's own (bundle, split, curves); its config stays with it,
@@ -47,28 +51,83 @@ _PROMOTED = ("bundle", "splits.json", "curves.jsonl", "curves.svg")
 
 
 def plan_to_config(plan: Plan | Mapping[str, Any], cfg: FitConfig, *, runner_up: bool = False) -> FitConfig:
-    """The run of the plan (or of its runner-up): the plan's options (``Plan.config``) on top of ``cfg``'s,
-    writing to ``cfg.out/candidates/<strategy>``. Options the plan does not set (seed, batch size, cache,
-    learning rate...) keep the user's values.
+    """The run of the plan (or of its runner-up): the plan's options (``Plan.config``) on top of the defaults,
+    and every option the user set away from its default on top of the plan (``kept_over_plan`` lists those
+    that differ from the plan's), writing to ``cfg.out/candidates/<strategy>``.
 
         plan_to_config(advice["plan"], cfg).finetune.freeze   # e.g. 5
     """
-    p = plan.to_dict() if isinstance(plan, Plan) else plan
-    option = p["runner_up"] if runner_up else p
-    if not option.get("config"):
-        raise ValueError("the plan has no config; it was made by an older headstart: advise again")
-    merged = deep_update(to_dict(cfg), option["config"])
+    option = _option(plan, runner_up)
+    merged = deep_update(deep_update(to_dict(cfg), option["config"]), _yours(cfg))
     merged["out"] = str(Path(cfg.out) / CANDIDATES / option["strategy"])
     return from_dict(FitConfig, merged).validate()
 
 
+def kept_over_plan(plan: Plan | Mapping[str, Any], cfg: FitConfig, *, runner_up: bool = False) -> dict[str, Any]:
+    """The options where ``cfg``'s own value (set away from its default) overrides the plan's:
+    ``{"finetune.freeze": {"yours": 2, "plan": 1}}``. Empty when the user left the plan's options alone."""
+    out: dict[str, Any] = {}
+
+    def walk(advised: Mapping[str, Any], yours: Mapping[str, Any], where: str) -> None:
+        for k, v in advised.items():
+            if k not in yours:
+                continue
+            if isinstance(v, Mapping) and isinstance(yours[k], Mapping):
+                walk(v, yours[k], f"{where}{k}.")
+            elif yours[k] != v:
+                out[f"{where}{k}"] = {"yours": yours[k], "plan": v}
+
+    walk(_option(plan, runner_up)["config"], _yours(cfg), "")
+    return out
+
+
+def _option(plan: Plan | Mapping[str, Any], runner_up: bool) -> Mapping[str, Any]:
+    p = plan.to_dict() if isinstance(plan, Plan) else plan
+    option = p["runner_up"] if runner_up else p
+    if not option.get("config"):
+        raise ValueError("the plan has no config; it was made by an older headstart: advise again")
+    return option
+
+
+def _yours(cfg: FitConfig) -> dict[str, Any]:
+    """What the user set (away from the defaults): it wins over the plan, as any flag wins over a default.
+    The strategy (auto) and the run directory are the candidates' business."""
+    return {k: v for k, v in changed_from_defaults(cfg).items() if k not in ("strategy", "out")}
+
+
 def fit_auto(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run the whole auto strategy in ``cfg.out`` (the caller, ``fit``, holds its lock); returns metrics."""
+    """Run the whole auto strategy in ``cfg.out`` (the caller, ``fit``, holds its lock); returns metrics.
+    advise and each candidate read the folder: a warning about it (a bad file, copies across splits...) is
+    shown once, not once per pass."""
+    with failures_reported_once(), _each_warning_once():
+        return _fit_auto(cfg, progress=progress)
+
+
+@contextmanager
+def _each_warning_once() -> Iterator[None]:
+    """Within the block a warning whose text was already shown is not shown again."""
+    shown: set[str] = set()
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def once(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+            if str(message) not in shown:
+                shown.add(str(message))
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = once
+        yield
+
+
+def _fit_auto(cfg: FitConfig, *, progress: bool) -> dict[str, Any]:
     from headstart.advise import advise
     from headstart.models import create_model
 
     t_start = time.perf_counter()
     say = _Say(progress, t_start)
+    for strategy in ("linear", "finetune"):  # refused before advise reads an image, as either strategy would
+        checked_dataset(replace(cfg, strategy=strategy))
     run = RunDir(cfg.out)
     _clear_previous(run.path)
     run.write_config(cfg)
@@ -80,6 +139,11 @@ def fit_auto(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     plan = advice["plan"]
     advise_s = time.perf_counter() - t_start
     say(f"plan: {plan['summary']}")
+    yours = {role: kept_over_plan(plan, cfg, runner_up=role == "runner-up") for role in ("plan", "runner-up")}
+    for role, kept in yours.items():
+        if kept:
+            say(f"{role}: your options are kept over the plan's: " + ", ".join(
+                f"{k} {v['yours']!r} (plan: {v['plan']!r})" for k, v in kept.items()))
 
     cost = BackboneCost.of(create_model(cfg.model))
     cands = [Candidate("plan", plan["strategy"], _what(plan), plan_to_config(plan, cfg)),
@@ -123,6 +187,7 @@ def fit_auto(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     _promote(run.path, Path(winner.cfg.out))
     metrics = dict(winner.metrics or {})
     metrics["auto"] = {"plan": plan, "advise_s": round(advise_s, 2), "budget_min": cfg.auto.budget,
+                       "yours_over_plan": {k: v for k, v in yours.items() if v},
                        "candidates": [comparison_record(c, run.path) for c in cands],
                        "winner": winner.strategy, "winner_role": winner.role, "why": why,
                        "total_s": round(time.perf_counter() - t_start, 2)}

@@ -76,6 +76,19 @@ def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
     its splits, recorded as ``splits.json`` so the run can be audited and reproduced. Dataset checks that
     need no decoding run here too; their findings go to ``run.cautions`` (for metrics.json). A dataset that
     cannot be used (missing, a class with too few images for the folds) is refused before RUN_DIR is made."""
+    ds = checked_dataset(cfg)
+    run = RunDir(cfg.out)
+    run.write_config(cfg)
+    run.write_json("splits.json", ds.to_dict())
+    if cue := size_cue(ds.splits.get("train", []), ds.classes, seed=cfg.data.seed):
+        run.cautions.append(cue)
+    return run, ds
+
+
+def checked_dataset(cfg: FitConfig) -> ImageFolder:
+    """``open_dataset``, refused (one actionable error) when ``cfg.strategy`` cannot train and test on it:
+    a class only in val/ or test/, no test split, too few images for the folds C is chosen by. Lists the
+    folder, decodes nothing; ``auto`` checks each strategy it may run before it advises."""
     ds = open_dataset(cfg)
     trained = {s.label for s in ds.splits.get("train", [])}
     if untrained := [c for i, c in enumerate(ds.classes) if i not in trained]:  # only in val/ or test/
@@ -91,12 +104,7 @@ def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
         train = ds.splits.get("train", [])
         check_cv_folds(np.array([s.label for s in train], dtype=np.int64), ds.classes, cfg.linear.cv_folds,
                        seed=cfg.data.seed, finetune=cfg.strategy == "finetune")
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
-    run.write_json("splits.json", ds.to_dict())
-    if cue := size_cue(ds.splits.get("train", []), ds.classes, seed=cfg.data.seed):
-        run.cautions.append(cue)
-    return run, ds
+    return ds
 
 
 # Files a reader of a run uses: each must belong to the run that run.json records.

@@ -21,6 +21,7 @@ from conftest import make_class_folder  # noqa: F401 (the tests import it from h
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ("--model", "tiny_test", "--backend", "torch", "-q")
+LINEAR = ("--strategy", "linear")  # for tests of the linear path (the default strategy is auto)
 
 
 @dataclass
@@ -127,8 +128,18 @@ def metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+_AUTO_CLOCK = ("advise_s", "total_s")  # auto's wall times; its candidates' too (measured, and estimated from them)
+_CANDIDATE_CLOCK = ("estimated_s", "cost_s")
+
+
 def without_timing(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in m.items() if k != "timing"}
+    """metrics.json without what the clock measured (the rest is the same on the same config and data)."""
+    out = {k: v for k, v in m.items() if k != "timing"}
+    if "auto" in out:
+        auto = {k: v for k, v in out["auto"].items() if k not in _AUTO_CLOCK}
+        auto["candidates"] = [{k: v for k, v in c.items() if k not in _CANDIDATE_CLOCK} for c in auto["candidates"]]
+        out["auto"] = auto
+    return out
 
 
 def real_class(root: Path, rel: str) -> str:

@@ -34,6 +34,7 @@ from headstart.train.checkpoint import load_checkpoint
 from .helpers import (
     SLOW_ENGINE,
     SLOW_EPOCHS,
+    LINEAR,
     TINY,
     make_class_folder,
     metrics,
@@ -148,7 +149,7 @@ def test_extract_killed_after_some_chunks_resumes_from_them(data: Path, tmp_path
 
 def test_linear_fit_killed_mid_extraction_resumes_and_matches(data: Path, tmp_path: Path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "run"
-    args = ["fit", data, "--out", out, "--cache-dir", cache, "--batch-size", "8", *TINY]
+    args = ["fit", data, "--out", out, "--cache-dir", cache, "--batch-size", "8", *LINEAR, *TINY]
     child = spawn(args, setup=slow_extract())
     kill_when(child, lambda: len(list(cache.rglob("chunk-*.safetensors"))) >= 2)
     committed = len(cache_rows(cache))
@@ -158,7 +159,7 @@ def test_linear_fit_killed_mid_extraction_resumes_and_matches(data: Path, tmp_pa
         run(*args).assert_ok()
     assert sum(seen) == 2 * N_PER_CLASS - committed
     ref = tmp_path / "ref"
-    run("fit", data, "--out", ref, "--cache-dir", tmp_path / "cache2", "--batch-size", "8", *TINY).assert_ok()
+    run("fit", data, "--out", ref, "--cache-dir", tmp_path / "cache2", "--batch-size", "8", *LINEAR, *TINY).assert_ok()
     assert without_timing(metrics(out)) == without_timing(metrics(ref))
     files = sorted((data / "circle").glob("*.png"))[:5]
     np.testing.assert_array_equal(load(out, backend="torch").predict_proba(files),
@@ -311,7 +312,7 @@ def test_disk_full_while_writing_a_run_leaves_the_previous_run_intact(data: Path
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       target: str) -> None:
     out = tmp_path / "run"
-    args = ["fit", data, "--out", out, "--cache-dir", tmp_path / "cache", *TINY]
+    args = ["fit", data, "--out", out, "--cache-dir", tmp_path / "cache", *LINEAR, *TINY]
     run(*args).assert_ok()
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "summary.txt"}
     files = sorted((data / "square").glob("*.png"))[:4]
@@ -367,7 +368,7 @@ def test_a_real_full_disk(data: Path, tmp_path: Path) -> None:
                     "the same code paths")
     try:
         out = mnt / "run"
-        args = ["fit", data, "--out", out, "--cache-dir", tmp_path / "cache", *TINY]
+        args = ["fit", data, "--out", out, "--cache-dir", tmp_path / "cache", *LINEAR, *TINY]
         run(*args).assert_ok()
         before = (out / "metrics.json").read_bytes()
         ballast = mnt / "ballast"

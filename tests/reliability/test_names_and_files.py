@@ -14,7 +14,7 @@ from PIL import Image
 
 from headstart.config import load_toml
 
-from .helpers import TINY, Result, make_class_folder, metrics, run
+from .helpers import LINEAR, TINY, Result, make_class_folder, metrics, run
 
 NFC, NFD = "caf\u00e9", "cafe\u0301"  # the same-looking "café": é as one code point, or e + a combining accent
 
@@ -181,10 +181,10 @@ def test_config_toml_works_from_another_folder(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "b").mkdir()
     make_class_folder(tmp_path / "a" / "data", 6, size=24)
     monkeypatch.chdir(tmp_path / "a")
-    run("fit", "data", "--out", "run", "--cache-dir", "../cache", *TINY).assert_ok()
+    run("fit", "data", "--out", "run", "--cache-dir", "../cache", *LINEAR, *TINY).assert_ok()
     cfg = load_toml(Path("run/config.toml"))
     assert cfg["data"]["path"] == str(tmp_path / "a" / "data")  # absolute
-    run("fit", "data", "--out", "run", "--cache-dir", "../cache", *TINY).assert_ok()  # a rerun: the same run
+    run("fit", "data", "--out", "run", "--cache-dir", "../cache", *LINEAR, *TINY).assert_ok()  # a rerun
     monkeypatch.chdir(tmp_path / "b")
     run("fit", "--config", tmp_path / "a" / "run" / "config.toml", "--out", "copy", *TINY).assert_ok()
     assert metrics(tmp_path / "b" / "copy")["test"] == metrics(tmp_path / "a" / "run")["test"]

@@ -11,7 +11,7 @@ import pytest
 import headstart.features.extract as extract_module
 from headstart.engine.base import AUTO_BATCH_START, AutoBatchEngine, is_out_of_memory
 
-from .helpers import TINY, make_class_folder, metrics, run
+from .helpers import LINEAR, TINY, make_class_folder, metrics, run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,7 +63,7 @@ def test_auto_batch_size_backs_off_and_is_recorded(data: Path, tmp_path: Path, m
         return  # the fit below goes through the same extraction: once is enough
 
     out = tmp_path / "run"
-    run("fit", data, "--out", out, "--cache-dir", tmp_path / "c2", "--batch-size", "auto", *TINY).assert_ok()
+    run("fit", data, "--out", out, "--cache-dir", tmp_path / "c2", "--batch-size", "auto", *LINEAR, *TINY).assert_ok()
     assert metrics(out)["batch_size"] == 16
     assert tomllib.loads((out / "config.toml").read_text())["engine"]["batch_size"] == 0  # "auto", reproducibly
 
