@@ -96,8 +96,9 @@ _EXTRA = [
         Optional[Path], typer.Option("--config", "-c", help="TOML config (e.g. a previous RUN_DIR/config.toml); "
                                      "flags override it.", show_default=False)]),
     inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[Path], typer.Option(help="Continue a killed fine-tuning run from RUN_DIR's last checkpoint "
-                                     "(uses RUN_DIR/config.toml).", show_default=False)]),
+        Optional[Path], typer.Option(help="Continue a killed run (uses RUN_DIR/config.toml): fine-tuning from "
+                                     "its last checkpoint; auto keeps its finished candidates and the plan.",
+                                     show_default=False)]),
     inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
         bool, typer.Option("--overwrite", help="Replace the run already in --out (its files are removed first); "
                            "without it, fit refuses to write over a different run.")]),

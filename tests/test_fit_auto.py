@@ -22,7 +22,7 @@ from headstart.cli_fit import config_from_argv
 from headstart.config import DataConfig, EngineConfig, FitConfig, to_dict
 from headstart.ensemble import evaluate_runs
 from headstart.fit import fit
-from headstart.fit.auto import plan_to_config
+from headstart.fit.auto import kept_over_plan, plan_to_config
 from headstart.fit.auto_cost import (
     MIN_EPOCHS,
     BackboneCost,
@@ -67,6 +67,22 @@ def test_plan_to_config_is_the_config_the_plans_command_builds(per_class: float,
         assert (lin.linear.layer, lin.data.val_fraction, lin.linear.class_weight) == ("stage4", 0.15, "balanced")
     else:
         assert (ft.finetune.augment.downscale, ft.finetune.augment.saturation) == (0.8, 0.3)
+
+
+def test_options_you_set_win_over_the_plan_and_are_listed() -> None:
+    """auto is the default strategy, so `headstart fit DATA --freeze 2` must fine-tune with 2 frozen stages
+    when auto fine-tunes, and say that it kept yours; an option left at its default is the plan's."""
+    plan = make_plan(_signals(300, [0.70, 0.78, 0.83, 0.86, 0.89, 0.90]), stages=STAGES, data="d")
+    assert plan.strategy == "finetune" and plan.freeze != 2
+    mine = FitConfig(out="r", data=DataConfig(path="d"))
+    mine = replace(mine, finetune=replace(mine.finetune, freeze=2), linear=replace(mine.linear, layer="stage4"))
+    ft, lin = plan_to_config(plan, mine), plan_to_config(plan, mine, runner_up=True)
+    assert (ft.finetune.freeze, ft.finetune.epochs) == (2, plan.settings["epochs"])  # epochs: still the plan's
+    assert lin.linear.layer == "stage4"
+    assert kept_over_plan(plan, mine) == {"finetune.freeze": {"yours": 2, "plan": plan.freeze}}
+    assert kept_over_plan(plan, mine, runner_up=True) == {"linear.layer": {"yours": "stage4", "plan": "pooled"}}
+    untouched = FitConfig(out="r", data=DataConfig(path="d"))
+    assert plan_to_config(plan, untouched).finetune.freeze == plan.freeze and not kept_over_plan(plan, untouched)
 
 
 def test_budget_cuts_fine_tuning_epochs_to_fit_but_never_below_the_floor() -> None:
@@ -192,8 +208,9 @@ def test_auto_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert out.startswith("auto: small (8 images/class)") and "kept linear (plan)" in out
     code, _, err = run_cli(capsys, monkeypatch, *base, "--budget", "-1", "--overwrite")
     assert code == 2 and "auto.budget must be >= 0" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli(capsys, monkeypatch, "fit", "--resume", str(tmp_path / "run"))
-    assert code == 2 and "--resume continues a fine-tuning run" in err
+    code, _, err = run_cli(capsys, monkeypatch, "fit", "--resume", str(tmp_path / "run"), "-q")
+    assert code == 0, err  # a finished auto run resumed: its candidates are kept, the run is sealed again
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["auto"]["winner"] == "linear"
 
 
 def test_budget_stops_fine_tuning_when_the_machine_is_slower_than_estimated(split_folder: Path, tmp_path: Path,

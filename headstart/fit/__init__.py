@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from headstart.config import FitConfig
-from headstart.errors import ConfigError
 
 
 def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrite: bool = False,
@@ -19,7 +18,8 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
     (``headstart.fit.auto``). ``on_epoch_end(row)`` sees each fine-tuning epoch's curves row; a non-empty
     string returned stops training after that epoch, with it as the reason.
 
-    ``resume`` continues a killed fine-tuning run from its last checkpoint in ``cfg.out``. ``cfg.out`` has one
+    ``resume`` continues a killed run in ``cfg.out``: fine-tuning from its last checkpoint; auto from its
+    finished candidates and the checkpoint of the one that was training (a linear run is run again). ``cfg.out`` has one
     writer at a time (a second process gets one line naming the first's PID); a folder holding another
     run is refused unless ``overwrite``, which clears it first.
 
@@ -35,16 +35,13 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
     )
     from headstart.io import lock_dir, new_run_id
 
-    if resume and cfg.strategy == "auto":
-        raise ConfigError("--resume continues a fine-tuning run; an auto run restarts its candidates: run the "
-                          "same command again without --resume (the codes advise extracted stay cached)")
     check_output_places(cfg)
     with lock_dir(cfg.out):
         claim_run_dir(cfg, overwrite=overwrite, resume=resume)
         if cfg.strategy == "auto":
             from headstart.fit.auto import fit_auto
 
-            metrics = fit_auto(cfg, progress=progress)
+            metrics = fit_auto(cfg, progress=progress, resume=resume)
         elif cfg.strategy == "finetune":
             from headstart.fit.finetune import fit_finetune
 

@@ -16,6 +16,7 @@ on validation (or cross-validation) becomes the run. The test split is never loo
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from headstart.advise.plan import Plan
-from headstart.config import FitConfig, changed_from_defaults, deep_update, from_dict, to_dict
+from headstart.config import FitConfig, changed_from_defaults, deep_update, from_dict, load_toml, to_dict
+from headstart.errors import HeadstartError
 from headstart.data.loader import failures_reported_once
 from headstart.fit.auto_cost import (
     MIN_EPOCHS,
@@ -39,8 +41,8 @@ from headstart.fit.auto_cost import (
     estimate_seconds,
 )
 from headstart.fit.compare import Candidate, choose, comparison_record
-from headstart.fit.rundir import RunDir, checked_dataset, open_dataset
-from headstart.io import LOCK_NAME, tmp_path_for
+from headstart.fit.rundir import RunDir, check_run, checked_dataset, open_dataset
+from headstart.io import LOCK_NAME, MANIFEST, tmp_path_for
 
 __all__ = ["CANDIDATES", "fit_auto", "kept_over_plan", "plan_to_config"]
 
@@ -95,12 +97,16 @@ def _yours(cfg: FitConfig) -> dict[str, Any]:
     return {k: v for k, v in changed_from_defaults(cfg).items() if k not in ("strategy", "out")}
 
 
-def fit_auto(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
+def fit_auto(cfg: FitConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Run the whole auto strategy in ``cfg.out`` (the caller, ``fit``, holds its lock); returns metrics.
     advise and each candidate read the folder: a warning about it (a bad file, copies across splits...) is
-    shown once, not once per pass."""
+    shown once, not once per pass.
+
+    ``resume`` continues a killed auto run: the plan is read back from ``advice.json``, a candidate that
+    finished is kept as it is, one that started continues from its last checkpoint with the options it
+    started with, and the budget counts again from the resume."""
     with failures_reported_once(), _each_warning_once():
-        return _fit_auto(cfg, progress=progress)
+        return _fit_auto(cfg, progress=progress, resume=resume)
 
 
 @contextmanager
@@ -120,7 +126,7 @@ def _each_warning_once() -> Iterator[None]:
         yield
 
 
-def _fit_auto(cfg: FitConfig, *, progress: bool) -> dict[str, Any]:
+def _fit_auto(cfg: FitConfig, *, progress: bool, resume: bool) -> dict[str, Any]:
     from headstart.advise import advise
     from headstart.models import create_model
 
@@ -129,13 +135,19 @@ def _fit_auto(cfg: FitConfig, *, progress: bool) -> dict[str, Any]:
     for strategy in ("linear", "finetune"):  # refused before advise reads an image, as either strategy would
         checked_dataset(replace(cfg, strategy=strategy))
     run = RunDir(cfg.out)
-    _clear_previous(run.path)
+    advised = run.path / "advice.json"
+    if not resume:
+        _clear_previous(run.path)
     run.write_config(cfg)
-    say("step 1/3 · advise: dataset facts, every stage's codes scored, the plan")
-    advice = advise(cfg.data.path, model=cfg.model, seed=cfg.data.seed, cache_dir=cfg.engine.cache_dir or None,
-                    batch_size=cfg.engine.batch_size, backend=cfg.engine.backend, progress=progress,
-                    test_fraction=cfg.data.test_fraction)
-    run.write_json("advice.json", advice)
+    if resume and advised.is_file():
+        advice = json.loads(advised.read_text(encoding="utf-8"))
+        say("step 1/3 · resumed: the plan advise made before is read from advice.json")
+    else:
+        say("step 1/3 · advise: dataset facts, every stage's codes scored, the plan")
+        advice = advise(cfg.data.path, model=cfg.model, seed=cfg.data.seed, cache_dir=cfg.engine.cache_dir or None,
+                        batch_size=cfg.engine.batch_size, backend=cfg.engine.backend, progress=progress,
+                        test_fraction=cfg.data.test_fraction)
+        run.write_json("advice.json", advice)
     plan = advice["plan"]
     advise_s = time.perf_counter() - t_start
     say(f"plan: {plan['summary']}")
@@ -155,6 +167,18 @@ def _fit_auto(cfg: FitConfig, *, progress: bool) -> dict[str, Any]:
     order = sorted(cands, key=lambda c: c.strategy != "linear")
     for i, c in enumerate(order):
         left = budget_s - (time.perf_counter() - t_start)
+        if resume and (started := _started(c.cfg)) is not None:  # as it began before the kill
+            c.cfg = started
+            c.estimate_s = estimate_seconds(c.cfg, counts[c.strategy], cost)
+            if (done := _finished(c.cfg)) is not None:
+                c.metrics = done
+                say(f"step {2 + i}/3 · candidate {i + 1} of 2 ({c.role}): {c.what} finished before; kept as it is")
+                continue
+            say(f"step {2 + i}/3 · candidate {i + 1} of 2 ({c.role}): {c.what}, resumed")
+            _run(c, progress=progress, resume=True,
+                 on_epoch_end=_within_budget(c, t_start + budget_s if budget_s > 0 else None,
+                                             say.epoch(c) if progress else None))
+            continue
         if c.role == "runner-up":
             if budget_s == 0:
                 c.skipped = "--budget 0 runs the plan alone"
@@ -198,12 +222,17 @@ def _fit_auto(cfg: FitConfig, *, progress: bool) -> dict[str, Any]:
     return metrics
 
 
-def _run(c: Candidate, *, progress: bool, on_epoch_end: Callable[[dict[str, Any]], str | None] | None) -> None:
-    """One candidate as a complete run of its own (locked, summarised and sealed by ``fit``)."""
+def _run(c: Candidate, *, progress: bool, on_epoch_end: Callable[[dict[str, Any]], str | None] | None,
+         resume: bool = False) -> None:
+    """One candidate as a complete run of its own (locked, summarised and sealed by ``fit``); ``resume``
+    continues a fine-tuning candidate from its checkpoint (a linear one is simply run again)."""
     from headstart.fit import fit
 
     t0 = time.perf_counter()
-    c.metrics = fit(c.cfg, progress=progress, overwrite=True, on_epoch_end=on_epoch_end)
+    if resume and c.strategy == "finetune":
+        c.metrics = fit(c.cfg, progress=progress, resume=True, on_epoch_end=on_epoch_end)
+    else:
+        c.metrics = fit(c.cfg, progress=progress, overwrite=True, on_epoch_end=on_epoch_end)
     c.cost_s = time.perf_counter() - t0
 
 
@@ -227,6 +256,24 @@ def _within_budget(c: Candidate, deadline: float | None,
         return None
 
     return on_epoch_end
+
+
+def _started(cand: FitConfig) -> FitConfig | None:
+    """The candidate's config as it was started (its epochs cut to the budget then), if it was."""
+    file = Path(cand.out) / "config.toml"
+    return from_dict(FitConfig, load_toml(file)) if file.is_file() else None
+
+
+def _finished(cand: FitConfig) -> dict[str, Any] | None:
+    """The candidate's metrics if its run is complete (sealed, every file its own), else None."""
+    out = Path(cand.out)
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        check_run(out)
+    except HeadstartError:
+        return None
+    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
 
 def _what(plan: Mapping[str, Any]) -> str:
@@ -258,9 +305,14 @@ def _clear_previous(out: Path) -> None:
 
 def _promote(out: Path, cand: Path) -> None:
     """Copy the kept candidate's bundle, split and curves into the run; each lands whole (copied beside,
-    then renamed), so a kill never leaves a half-copied bundle under the run's name."""
+    then renamed), so a kill never leaves a half-copied bundle under the run's name. What an earlier, killed
+    attempt promoted goes first (a resumed run may keep another candidate)."""
     for name in _PROMOTED:
         src, dest = cand / name, out / name
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        else:
+            dest.unlink(missing_ok=True)
         if not src.exists():
             continue
         tmp = tmp_path_for(dest)

@@ -29,6 +29,7 @@ import headstart.features.extract as extract_module
 import headstart.train.loop as loop_module
 from headstart.bundle import load
 from headstart.features import load_codes
+from headstart.fit.rundir import check_run
 from headstart.train.checkpoint import load_checkpoint
 
 from .helpers import (
@@ -193,6 +194,33 @@ def test_finetune_killed_mid_training_resumes_from_its_checkpoint(small: Path, t
     ref_curves = [json.loads(x) for x in (ref / "curves.jsonl").read_text().splitlines()]
     assert [c["val_loss"] for c in curves] == [c["val_loss"] for c in ref_curves]
     assert not leftovers(cache, out)
+
+
+def test_auto_killed_while_fine_tuning_resumes_without_redoing_what_finished(small: Path, tmp_path: Path) -> None:
+    """The default strategy killed in its fine-tuning candidate: --resume reads the plan back, keeps the
+    finished linear candidate as it is, continues fine-tuning from its checkpoint, and ends as the same run
+    as one never killed."""
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    ft = ("--freeze", "1", "--batch-size", "8", "--epochs", "4")  # the runner-up (small data: linear is the plan)
+    child = spawn(["fit", small, "--out", out, "--cache-dir", cache, *ft, *TINY], setup=SLOW_EPOCHS.format(delay=0.3))
+    cand = out / "candidates" / "finetune"
+    kill_when(child, lambda: epoch_of(cand) >= 1)
+    done = epoch_of(cand)
+    linear = out / "candidates" / "linear" / "metrics.json"
+    assert 1 <= done < 4 and linear.is_file() and not (out / "metrics.json").exists()
+    before = (linear.stat().st_mtime_ns, (out / "advice.json").read_bytes())
+
+    resumed = run("fit", "--resume", out).assert_ok()
+    assert "resumed" in resumed.err and "finished before; kept as it is" in resumed.err
+    assert (linear.stat().st_mtime_ns, (out / "advice.json").read_bytes()) == before
+    assert [json.loads(x)["epoch"] for x in (cand / "curves.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+    ref = tmp_path / "ref"
+    run("fit", small, "--out", ref, "--cache-dir", tmp_path / "cache2", *ft, *TINY).assert_ok()
+    assert without_timing(metrics(out)) == without_timing(metrics(ref))
+    check_run(out)  # sealed: every file is the resumed run's
+    assert "your options, kept over the plan's (runner-up): " in (out / "summary.txt").read_text()
+    assert metrics(out)["auto"]["yours_over_plan"]["runner-up"]["finetune.epochs"]["yours"] == 4
 
 
 def test_half_written_curve_line_is_dropped_on_resume(small: Path, tmp_path: Path) -> None:
