@@ -9,6 +9,7 @@ Each ``FitConfig`` field declared with a ``flag`` becomes one option, with the f
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import Field, fields, is_dataclass
 from pathlib import Path
@@ -147,10 +148,25 @@ def overrides_from(kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fit_config(config: Path | None, overrides: dict[str, Any]) -> FitConfig:
-    """The config file (if any) with the flags that were actually given on top, validated."""
-    base = load_toml(config) if config else {}
-    return from_dict(FitConfig, deep_update(base, overrides)).validate()
+def fit_config(config: Path | None, overrides: dict[str, Any], *, default_out: bool = False) -> FitConfig:
+    """The config file (if any) with the flags that were actually given on top, validated. ``default_out``:
+    without --out (or ``out`` in the file), a new run directory ``runs/<data folder>-<date>-<time>``."""
+    merged = deep_update(load_toml(config) if config else {}, overrides)
+    path = merged.get("data", {}).get("path")
+    if default_out and not merged.get("out") and path:
+        merged["out"] = default_run_dir(path)
+    return from_dict(FitConfig, merged).validate()
+
+
+def default_run_dir(data: str | Path, now: float | None = None) -> str:
+    """``runs/<data folder's name>-YYYYmmdd-HHMMSS`` under the current folder: a new one per run, so trying
+    another option never meets "holds another run".
+
+    >>> default_run_dir("photos/", now=0.0).startswith("runs/photos-1970")
+    True
+    """
+    name = Path(data).resolve().name or "run"
+    return str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}")
 
 
 def fit_command(run: Callable[..., None]) -> Callable[..., None]:
@@ -170,7 +186,10 @@ def fit_command(run: Callable[..., None]) -> Callable[..., None]:
         if resume is not None:
             config = config or resume / "config.toml"
             overrides["out"] = str(resume)
-        run(fit_config(config, overrides), resume=resume is not None, quiet=bool(kw.get("quiet")),
+        cfg = fit_config(config, overrides, default_out=resume is None)
+        if not overrides.get("out") and not kw.get("quiet"):
+            typer.echo(f"run directory: {cfg.out}", err=True)
+        run(cfg, resume=resume is not None, quiet=bool(kw.get("quiet")),
             overwrite=bool(kw.get("overwrite")))
 
     params = [_EXTRA[0], *(_param(path, f) for path, f in option_fields()), *_EXTRA[1:]]

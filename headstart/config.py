@@ -140,7 +140,8 @@ class AutoConfig:
 
 @dataclass(frozen=True)
 class FitConfig:
-    out: str = setting("", flag=("--out", "-o"), help="run directory to write")
+    out: str = setting("", flag=("--out", "-o"), help="run directory to write (headstart fit without it: a new "
+                       "runs/<data folder>-<date>-<time>)")
     strategy: str = setting("auto", choices=STRATEGIES, flag="--strategy", help="auto (advise, then run the "
                             "plan and, within --budget, the runner-up; the better on validation is kept; options "
                             "you set away from their defaults win over the plan's), linear (CNN codes + a linear "

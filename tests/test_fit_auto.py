@@ -241,3 +241,25 @@ def test_within_budget_stops_when_another_epoch_as_slow_as_the_slowest_would_ove
     fresh = _within_budget(c, deadline, None)
     assert [fresh({"epoch": e, "seconds": 100.0}) for e in range(1, 5)] == [None] * 4  # 100 s more fits
     assert _within_budget(c, None, None)({"epoch": 5, "seconds": 1e6}) is None  # no budget: no stop
+
+
+def test_fit_with_only_the_data_folder_chooses_and_writes_a_new_run(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`headstart fit my_images/`: auto, and a new run directory under ./runs each time (a second try never
+    meets "holds another run")."""
+    data = make_class_folder(tmp_path / "my_images", n_per_class=8)
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "my_images/", "--model", "tiny_test", "--backend", "torch", "--budget", "0",
+            "--cache-dir", str(tmp_path / "cache")]
+    code, out, err = run_cli(capsys, monkeypatch, *argv)
+    assert code == 0, err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("my_images-") and f"run directory: {Path('runs') / run.name}" in err
+    m = json.loads((run / "metrics.json").read_text())
+    assert "auto" in m and m["auto"]["plan"]["strategy"] == m["strategy"]
+    monkeypatch.setattr("headstart.cli_fit.time.localtime", lambda *_: (2030, 1, 1, 0, 0, 0, 0, 1, 0))
+    code, _, err = run_cli(capsys, monkeypatch, *argv, "--seed", "1")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([run.name, "my_images-20300101-000000"])
+    assert data.is_dir()
