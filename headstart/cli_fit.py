@@ -153,7 +153,7 @@ def fit_config(config: Path | None, overrides: dict[str, Any], *, default_out: b
     without --out (or ``out`` in the file), a new run directory ``runs/<data folder>-<date>-<time>``."""
     merged = deep_update(load_toml(config) if config else {}, overrides)
     path = merged.get("data", {}).get("path")
-    if default_out and not merged.get("out") and path:
+    if default_out and merged.get("out", "") == "" and isinstance(path, str) and path:
         merged["out"] = default_run_dir(path)
     return from_dict(FitConfig, merged).validate()
 
