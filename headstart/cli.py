@@ -190,6 +190,22 @@ app.command("tune")(tune_command(_run_tune))
 
 
 @app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory from `headstart fit`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write: model.onnx, labels.json, "
+                                      "preprocess.json, predict.py, README.md.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx (runs on ONNX Runtime alone).")] = "onnx",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """The trained model as a folder that predicts with ONNX Runtime and numpy alone (plus Pillow to read
+    images): uint8 RGB images in, class probabilities out."""
+    from headstart.export import export_run
+
+    folder = export_run(run, out, fmt=fmt, overwrite=overwrite)
+    print(f"exported to {folder}/ · try: python {folder}/predict.py IMAGE...")
+
+
+@app.command()
 def extract(
     data: Annotated[Path, typer.Argument(help="Image folder (class subfolders) or a folder of images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for codes_<tap>.npy and index.json.")],

@@ -144,7 +144,7 @@ def _export_cached(module: nn.Module, input_shape: tuple[int, ...], cache_dir: P
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with _eval_mode(module), torch.no_grad(), _quiet_export():
+        with _eval_mode(module), torch.no_grad(), quiet_export():
             if exporter == "dynamo":
                 _export_dynamo(module, example, tmp, names)
             else:
@@ -191,7 +191,7 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Silence exporter chatter that is expected here: TracerWarnings about ``x.shape`` in SAME padding
     (right: the spatial size is fixed), the legacy-exporter deprecation notice, and dynamo's
     "torchvision is not installed" log lines."""
