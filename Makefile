@@ -20,7 +20,11 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## install, then run the main job on the embedded dataset
 	$(BIN)/headstart demo
 
+# The report test renders report.html in a headless browser: Debian's chromium (as root, apt-get installs it).
+CHROMIUM := $(shell command -v chromium 2>/dev/null)
+
 test: $(VENV)/.installed  ## install, then run the fast test suite
+	$(if $(CHROMIUM),,apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(VENV)/.installed  ## real datasets and long runs (../shared/datasets)

@@ -190,6 +190,19 @@ app.command("tune")(tune_command(_run_tune))
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory from `headstart fit`.")],
+) -> None:
+    """Render RUN_DIR/report.html again from the run's files: data, the choice and its evidence, curves,
+    confusion matrix, per-class figures, calibration, top losses, timings. One self-contained file."""
+    from headstart.evaluate.html_report import write_report
+    from headstart.fit.rundir import check_run
+
+    check_run(run)  # the files it reads must be one run's
+    print(f"wrote {write_report(run)}")
+
+
+@app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory from `headstart fit`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write: model.onnx, labels.json, "

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+
+# report.html is drawn with matplotlib (about a second per process for its import and fonts) and no test but
+# test_report.py reads it; that one turns it back on. Subprocesses inherit the setting.
+os.environ.setdefault("HEADSTART_REPORT", "0")
 
 
 def class_image(cls_index: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:

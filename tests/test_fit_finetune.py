@@ -32,7 +32,7 @@ def test_finetune_writes_run_and_loadable_bundle(data: Path, tmp_path: Path) -> 
     assert m["strategy"] == "finetune" and m["freeze"] == 1 and m["test"]["tta"] == "flip"
     assert json.loads((out / "metrics.json").read_text())["test"]["accuracy"] == m["test"]["accuracy"]
     curves = [json.loads(x) for x in (out / "curves.jsonl").read_text().splitlines()]
-    assert [c["epoch"] for c in curves] == [1, 2] and (out / "curves.svg").read_text().startswith("<svg")
+    assert [c["epoch"] for c in curves] == [1, 2]
     assert m["training"]["diagnosis"]
     # The bundle reproduces the reported test predictions (TTA off both sides to compare like with like).
     m2 = fit(_cfg(data, tmp_path / "run2", tmp_path / "cache"), progress=False)

@@ -140,7 +140,6 @@ def test_resume_after_sigkill_matches_uninterrupted(data, tmp_path: Path) -> Non
     assert [c["epoch"] for c in curves] == [1, 2, 3, 4, 5]  # no epoch logged twice
     straight = [json.loads(x) for x in (tmp_path / "straight" / "curves.jsonl").read_text().splitlines()]
     assert [c["val_loss"] for c in curves] == pytest.approx([c["val_loss"] for c in straight], abs=1e-6)
-    assert (killed / "curves.svg").read_text().startswith("<svg")
 
 
 @contextmanager
@@ -298,4 +297,3 @@ def test_curves_are_strict_json_without_a_val_split(tmp_path: Path) -> None:
     assert rows[0]["train_loss"] == 0.5
     back = read_curves(tmp_path)  # read back as NaN, so the plot and the diagnosis see "no value"
     assert math.isnan(back[0]["val_acc"]) and math.isnan(back[1]["train_loss"])
-    assert "<polyline" in (tmp_path / "curves.svg").read_text()

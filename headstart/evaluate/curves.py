@@ -1,5 +1,5 @@
-"""Learning curves: ``curves.jsonl`` (one strict-JSON line per epoch), its SVG plot, and ``diagnose``, one line
-on what the curves say.
+"""Learning curves: ``curves.jsonl`` (one strict-JSON line per epoch) and ``diagnose``, one line on what the
+curves say (``report.html`` plots them).
 
 The training loop appends a line per epoch; on (re)start it drops the lines of epochs not yet (re)done, so a
 resumed run never logs an epoch twice. Missing or non-finite values (no val split, a diverged loss) are
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from headstart.io import atomic_write
 
-__all__ = ["CURVE_KEYS", "append_curve", "diagnose", "read_curves", "reset_curves", "write_curves_svg"]
+__all__ = ["CURVE_KEYS", "append_curve", "diagnose", "read_curves", "reset_curves"]
 
 CURVE_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 FILE = "curves.jsonl"
@@ -51,47 +51,9 @@ def reset_curves(run_dir: str | Path, epochs_done: int) -> None:
 
 
 def append_curve(run_dir: str | Path, row: dict[str, float]) -> None:
-    """Append one epoch's row (the ``CURVE_KEYS``; missing ones as null) and redraw ``curves.svg``."""
-    run_dir = Path(run_dir)
-    with open(run_dir / FILE, "a", encoding="utf-8") as f:
+    """Append one epoch's row (the ``CURVE_KEYS``; missing ones as null)."""
+    with open(Path(run_dir) / FILE, "a", encoding="utf-8") as f:
         f.write(_json_line({k: row.get(k, math.nan) for k in CURVE_KEYS}))
-    write_curves_svg(read_curves(run_dir), run_dir / "curves.svg")
-
-
-def write_curves_svg(rows: Sequence[dict[str, float]], dest: Path, width: int = 360, height: int = 220) -> None:
-    """Two hand-made panels (loss, accuracy) vs epoch as SVG polylines: no plotting library needed."""
-    panels = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")))
-    colours, pad = {"train": "#1f77b4", "val": "#d62728"}, 36
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height}" '
-             'font-family="sans-serif" font-size="11">']
-    epochs = [float(r["epoch"]) for r in rows]
-    for i, (title, keys) in enumerate(panels):
-        x0, series = i * width, {k: [float(r.get(k, math.nan)) for r in rows] for k in keys}
-        vals = [v for s in series.values() for v in s if math.isfinite(v)] or [0.0, 1.0]
-        lo, hi = min(vals), max(vals)
-        hi = hi if hi > lo else lo + 1.0
-        e_lo, e_hi = (min(epochs), max(epochs)) if len(set(epochs)) > 1 else (0.0, max(epochs + [1.0]))
-
-        def xy(e: float, v: float) -> str:
-            x = x0 + pad + (e - e_lo) / (e_hi - e_lo) * (width - 2 * pad)
-            return f"{x:.1f},{height - pad - (v - lo) / (hi - lo) * (height - 2 * pad):.1f}"
-
-        parts.append(f'<rect x="{x0 + pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" '
-                     'fill="none" stroke="#999"/>')
-        parts.append(f'<text x="{x0 + width / 2}" y="{pad - 12}" text-anchor="middle">{title} vs epoch</text>')
-        parts.append(f'<text x="{x0 + 2}" y="{pad + 4}">{hi:.3g}</text>'
-                     f'<text x="{x0 + 2}" y="{height - pad}">{lo:.3g}</text>'
-                     f'<text x="{x0 + pad}" y="{height - pad + 14}">{e_lo:g}</text>'
-                     f'<text x="{x0 + width - pad}" y="{height - pad + 14}" text-anchor="end">{e_hi:g}</text>')
-        for j, (key, ys) in enumerate(series.items()):
-            name = key.split("_")[0]
-            pts = " ".join(xy(e, v) for e, v in zip(epochs, ys) if math.isfinite(v))
-            parts.append(f'<polyline fill="none" stroke="{colours[name]}" stroke-width="1.5" points="{pts}"/>')
-            parts.append(f'<text x="{x0 + width - pad - 4}" y="{pad + 14 + 13 * j}" text-anchor="end" '
-                         f'fill="{colours[name]}">{name}</text>')
-    parts.append("</svg>\n")
-    atomic_write(dest, "\n".join(parts).encode())
-
 
 
 def diagnose(curves: Sequence[dict[str, float]], *, window: int = 3) -> str:

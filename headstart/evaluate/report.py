@@ -60,10 +60,12 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
         lines.append(f"left out {len(metrics['left_out_files'])} file(s) that are not images: listed in metrics.json")
     t = metrics["timing"]
     lines.append("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in t.items()))
-    extra = ", curves.jsonl, curves.svg, checkpoints/" if "training" in metrics else ""
+    extra = ", curves.jsonl, checkpoints/" if "training" in metrics else ""
     if "auto" in metrics:  # the kept candidate's curves are copied up; its checkpoints stay with it
-        extra = (", curves.jsonl, curves.svg" if "training" in metrics else "") + ", advice.json, candidates/"
-    lines.append(f"outputs: {run_dir}/ (config.toml, metrics.json, splits.json, summary.txt{extra}, bundle/)")
+        extra = (", curves.jsonl" if "training" in metrics else "") + ", advice.json, candidates/"
+    lines.append(f"outputs: {run_dir}/ (report.html, config.toml, metrics.json, splits.json, summary.txt, "
+                 f"test_predictions.json{extra}, bundle/)")
+    lines.append(f"report: {Path(run_dir) / 'report.html'} (open it in a browser)")
     lines.append(f"predict: headstart predict --model {run_dir} IMAGE...")
     return "\n".join(lines)
 

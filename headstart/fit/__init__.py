@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ from headstart.config import FitConfig
 
 
 def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrite: bool = False,
-        on_epoch_end: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
+        on_epoch_end: Callable[[dict[str, Any]], str | None] | None = None, report: bool = True) -> dict[str, Any]:
     """Run ``cfg.strategy`` end to end; writes ``cfg.out`` (config.toml, splits.json, metrics.json, curves,
     bundle/, summary.txt, and run.json last) and returns the metrics (as in metrics.json).
 
@@ -17,6 +18,9 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
     candidate runs in ``cfg.out/candidates/<strategy>/``, and makes the better on validation the run's own
     (``headstart.fit.auto``). ``on_epoch_end(row)`` sees each fine-tuning epoch's curves row; a non-empty
     string returned stops training after that epoch, with it as the reason.
+
+    ``report`` (and the environment variable ``HEADSTART_REPORT``, unless it is ``0``) writes ``report.html``,
+    a page drawn from the run's files: skipping it changes no result.
 
     ``resume`` continues a killed run in ``cfg.out``: fine-tuning from its last checkpoint; auto from its
     finished candidates and the checkpoint of the one that was training (a linear run is run again). ``cfg.out`` has one
@@ -51,5 +55,21 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
 
             metrics = fit_linear(cfg, progress=progress)
         RunDir(cfg.out).write_text("summary.txt", summary_text(metrics, cfg.out) + "\n")
+        if report and os.environ.get("HEADSTART_REPORT", "1") != "0":
+            _report(cfg.out)
         seal_run(cfg.out, new_run_id())
     return metrics
+
+
+def _report(out: str) -> None:
+    """report.html: derived from the run's files, so a failure to draw it warns and loses nothing (``headstart
+    report RUN_DIR`` draws it again)."""
+    import warnings
+
+    from headstart.evaluate.html_report import write_report
+
+    try:
+        write_report(out)
+    except Exception as e:  # noqa: BLE001 - the run's results stand without their page
+        warnings.warn(f"report.html could not be written ({type(e).__name__}: {e}); the run is complete; "
+                      f"`headstart report {out}` tries again", stacklevel=2)

@@ -49,7 +49,7 @@ __all__ = ["CANDIDATES", "fit_auto", "kept_over_plan", "plan_to_config"]
 CANDIDATES = "candidates"  # RUN/candidates/<strategy>/: one complete run per candidate
 # The kept candidate's files that make it the run's own (bundle, split, curves); its config stays with it,
 # and RUN/config.toml remains the auto configuration that made the whole run.
-_PROMOTED = ("bundle", "splits.json", "curves.jsonl", "curves.svg")
+_PROMOTED = ("bundle", "splits.json", "curves.jsonl", "test_predictions.json")
 
 
 def plan_to_config(plan: Plan | Mapping[str, Any], cfg: FitConfig, *, runner_up: bool = False) -> FitConfig:
@@ -230,9 +230,9 @@ def _run(c: Candidate, *, progress: bool, on_epoch_end: Callable[[dict[str, Any]
 
     t0 = time.perf_counter()
     if resume and c.strategy == "finetune":
-        c.metrics = fit(c.cfg, progress=progress, resume=True, on_epoch_end=on_epoch_end)
-    else:
-        c.metrics = fit(c.cfg, progress=progress, overwrite=True, on_epoch_end=on_epoch_end)
+        c.metrics = fit(c.cfg, progress=progress, resume=True, on_epoch_end=on_epoch_end, report=False)
+    else:  # the auto run's report covers its candidates
+        c.metrics = fit(c.cfg, progress=progress, overwrite=True, on_epoch_end=on_epoch_end, report=False)
     c.cost_s = time.perf_counter() - t0
 
 

@@ -42,6 +42,7 @@ class Codes:
     batch_size: int = 0  # what extraction ran with (the one chosen when engine.batch_size is 0, auto)
     hashes: list[str] = field(default_factory=list)  # each row's image content hash (empty: unknown)
     near_duplicates: int | None = None  # test images that are near-copies of train/val ones (None: not checked)
+    paths: list[Path] = field(default_factory=list)  # each row's file (empty: unknown)
 
     def canonical(self, mask: np.ndarray) -> np.ndarray:
         """Indices of ``mask``'s rows in an order that depends on the images alone (their content hashes), not
@@ -74,4 +75,5 @@ def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: F
     if POOLED in res.codes and backbone.near_copy_cosine is not None:
         near = count_near_duplicates_across_splits(res.codes[POOLED], res.hashes, split, res.paths,
                                                    threshold=backbone.near_copy_cosine)
-    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size, list(res.hashes), near)
+    return Codes(res.codes, labels, split, list(res.failures), duplicates, res.batch_size, list(res.hashes), near,
+                 [Path(p) for p in res.paths])

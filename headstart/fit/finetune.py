@@ -23,6 +23,7 @@ from headstart.data.augment import PcaLighting, compute_pca_lighting
 from headstart.ensemble import run_proba
 from headstart.evaluate.curves import diagnose
 from headstart.evaluate.metrics import classification_metrics
+from headstart.evaluate.predictions import write_test_predictions
 from headstart.heads.params import LinearParams
 from headstart.fit.codes import SPLIT_IDS, Codes, extract_dataset
 from headstart.fit.probe import make_head, select
@@ -162,6 +163,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
     test_set = ImageSet.from_samples(splits["test"])
     bundle = load(run.bundle, backend=cfg.engine.backend)
     probs, labels = run_proba(bundle, test_set, tta=ft.tta, batch_size=batch_size), test_set.labels
+    write_test_predictions(run.path, test_set.paths, labels, probs, ds.classes)
     eval_s = time.perf_counter() - t0
     metrics = {
         "strategy": "finetune", "model": cfg.model, "layer": "all", "classes": ds.classes, "seed": cfg.data.seed,

@@ -12,6 +12,7 @@ from typing import Any
 
 from headstart.config import FitConfig
 from headstart.evaluate.metrics import classification_metrics
+from headstart.evaluate.predictions import write_test_predictions
 from headstart.fit.codes import SPLIT_IDS, extract_dataset
 from headstart.fit.layers import layer_name, parse_layer
 from headstart.fit.probe import make_head, select
@@ -40,7 +41,10 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
 
     te = codes.split == SPLIT_IDS["test"]
     params = head.to_params()
-    test_metrics = classification_metrics(codes.labels[te], params.predict_proba(codes.X(layer, te)), ds.classes)
+    test_probs = params.predict_proba(codes.X(layer, te))
+    test_metrics = classification_metrics(codes.labels[te], test_probs, ds.classes)
+    write_test_predictions(run.path, [p for p, t in zip(codes.paths, te) if t], codes.labels[te], test_probs,
+                           ds.classes)
     from headstart.bundle import save_linear_bundle
 
     save_linear_bundle(run.bundle, model=cfg.model, weights_id=backbone.weights_id, taps=layer, spec=backbone.spec,

@@ -91,7 +91,7 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
     ``run_dir/snapshots``. ``cache``: None → cache the frozen prefix's outputs when ``train_data`` is not
     augmented; False → run the prefix every batch; ``backend`` is the prefix's engine. ``resume`` continues
     from ``run_dir/checkpoints/last`` (same settings required). ``channels_last`` None: on for CPU (1.3-1.4x
-    faster lite0 steps here). With ``run_dir``, ``curves.jsonl``/``curves.svg`` log every epoch.
+    faster lite0 steps here). With ``run_dir``, ``curves.jsonl`` logs every epoch.
     ``on_epoch_end(row)`` sees each epoch's row after its checkpoint; if it returns a non-empty string,
     training stops there with that as the stop reason (a time budget, a pruned trial). On return ``model``
     is in eval mode; checkpoints hold the live (non-EMA) weights.

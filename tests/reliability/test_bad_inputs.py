@@ -57,6 +57,7 @@ class CorpusRuns:
         self.data = root / "data"
         self.placed = build_corpus_folder(self.data)
         with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HEADSTART_REPORT", "1")  # report.html too must survive every odd file (names included)
             deny_reads(mp, self.placed["unreadable_file"][0])
             self.extract = run("extract", self.data, "--out", root / "codes", "--cache-dir", root / "c1", *TINY)
             self.linear = run("fit", self.data, "--out", root / "linear", "--cache-dir", root / "c2",
@@ -69,6 +70,7 @@ class CorpusRuns:
                                 *TINY)
             self.predict = run("predict", self.data, "--model", root / "linear", "--json", "--backend", "torch")
         self.index = json.loads((root / "codes" / "index.json").read_text())
+        self.reports = [root / d / "report.html" for d in ("linear", "ft", "auto")]
         self.metrics = {"linear": metrics(root / "linear"), "finetune": metrics(root / "ft"),
                         "auto": metrics(root / "auto")}
         self.splits = {k: json.loads((root / k / "splits.json").read_text()) for k in ("linear", "ft")}
@@ -93,6 +95,12 @@ def test_every_command_succeeds_on_the_corpus(corpus: CorpusRuns) -> None:
         assert len(blocks) == (2 if name == "fit auto" else 1), (name, blocks)
         named = [ln.split(": ")[0].strip() for b in blocks for ln in b.splitlines()[1:]]
         assert len(named) == len(set(named)) == sum(item.expect == "skip" for item in FILE_ITEMS), (name, named)
+
+
+def test_each_run_has_its_report(corpus: CorpusRuns) -> None:
+    for page in corpus.reports:
+        text = page.read_text(encoding="utf-8")
+        assert "Confusion matrix" in text and "could not be decoded" in text, page
 
 
 def test_counts_exclude_skipped_files(corpus: CorpusRuns) -> None:
