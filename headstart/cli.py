@@ -203,6 +203,29 @@ def report(
 
 
 @app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run directory from `headstart fit` (or an export-free bundle).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most images run together; concurrent requests are "
+                                            "batched up to it.")] = 32,
+    backend: BackendOpt = "auto",
+) -> None:
+    """An HTTP JSON API for the trained model: POST /predict (multipart files or JSON base64 images),
+    GET /health, GET /model. Needs the serve extra: pip install 'headstart[serve]'."""
+    try:
+        import uvicorn
+
+        from headstart.serve import create_app
+    except ImportError as e:
+        raise HeadstartError(f"headstart serve needs FastAPI and uvicorn ({e.name} is missing): "
+                             "pip install 'headstart[serve]'") from None
+    app_ = create_app(run, backend=backend, batch_size=batch_size)
+    print(f"serving {run} on http://{host}:{port} (POST /predict, GET /health, GET /model; Ctrl-C stops)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory from `headstart fit`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write: model.onnx, labels.json, "

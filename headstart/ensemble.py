@@ -39,6 +39,9 @@ class EnsemblePredictor(Predictor):
         super().__init__(first.module, first.spec, first.labels, first.to_proba, backend=first.backend)
         self.members = list(members)
 
+    def batch_proba(self, images: np.ndarray) -> np.ndarray:
+        return np.mean([m.batch_proba(images) for m in self.members], axis=0)
+
     def predict_proba(self, paths: Sequence[Path], *,
                       batch_size: int = 32) -> tuple[np.ndarray, list[int], list[DecodeFailure]]:
         outs = [m.predict_proba(paths, batch_size=batch_size) for m in self.members]

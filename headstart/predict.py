@@ -60,6 +60,10 @@ class Predictor:
             self._engine = make_engine(self.module, (3, s, s), backend=self.backend)
         return self._engine
 
+    def batch_proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of a batch of preprocessed images (N, C, H, W), as ``EvalTransform`` makes them."""
+        return self.to_proba(self._get_engine()(images))
+
     def predict_proba(self, paths: Sequence[Path], *,
                       batch_size: int = 32) -> tuple[np.ndarray, list[int], list[DecodeFailure]]:
         """Class probabilities for the decodable files; returns (probs, their indices in ``paths``, failures)."""
@@ -68,7 +72,7 @@ class Predictor:
         engine = self._get_engine()
         probs, idx = [], []
         for batch in loader:
-            p = self.to_proba(engine(batch.images))
+            p = self.to_proba(engine(batch.images))  # batch_proba, with the engine built once above
             if not np.isfinite(p).all():  # broken weights or engine: never print "nan%" as a prediction
                 bad = loader.paths[batch.indices[int(np.argmax(~np.isfinite(p).all(axis=1)))]]
                 raise NonFiniteError(f"the model produced NaN/inf probabilities, e.g. for {bad}; its weights are "
