@@ -72,6 +72,10 @@ def predict(
                                           '{"path": ..., "top": [{"label": ..., "prob": ...}]}.')] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     backend: BackendOpt = "auto",
+    reject: Annotated[Optional[str], typer.Option(
+        help="Answer 'unknown' for images of none of the classes: auto (the threshold fit set on held-out "
+        "images: about 5% of images of known classes are refused) or a number in (0, 1), the lowest top "
+        "probability still answered. JSON lines then carry \"unknown\": true|false.", show_default=False)] = None,
 ) -> None:
     """Predict the top-k classes of images with a zoo model, a trained run, or several runs averaged."""
     from headstart.ensemble import EnsemblePredictor
@@ -86,16 +90,44 @@ def predict(
             return load(name, backend=backend).predictor
         return Predictor.from_zoo(name, backend=backend)
 
+    threshold = _reject_threshold(reject, model or [])
     predictor = EnsemblePredictor([one(m) for m in (model or ["efficientnet_lite0"])])
     result = predictor.predict(files, top_k=top_k, batch_size=batch_size)
     for p in result.predictions:
+        unknown = threshold is not None and p.top[0][1] < threshold
         if as_json:
-            print(json.dumps(p.to_dict()), flush=True)
+            print(json.dumps(p.to_dict() | ({"unknown": unknown} if threshold is not None else {})), flush=True)
         else:
             best = "  ".join(f"{lbl} {prob:.1%}" for lbl, prob in p.top)
+            best = f"unknown (top: {best})" if unknown else best
             console.print(f"[bold]{escape(one_line(str(p.path)))}[/bold]  {escape(best)}", highlight=False)
     if not result.predictions:
         raise HeadstartError("no image could be decoded; check the paths (see warnings above)")
+
+
+def _reject_threshold(reject: str | None, models: list[str]) -> float | None:
+    """``--reject``: None, a number in (0, 1), or ``auto``: the threshold the run's fit calibrated."""
+    if reject is None:
+        return None
+    if reject.strip().lower() != "auto":
+        try:
+            t = float(reject)
+        except ValueError:
+            t = -1.0
+        if not 0.0 < t < 1.0:
+            raise HeadstartError(f"--reject must be auto or a number between 0 and 1; got {reject!r}")
+        return t
+    if len(models) != 1 or not Path(models[0]).is_dir():
+        raise HeadstartError("--reject auto uses the threshold a run's fit calibrated: pass one run with --model "
+                             "RUN_DIR (for a zoo model or an ensemble, pass a number, e.g. --reject 0.5)")
+    run = Path(models[0])
+    run = run.parent if run.name == "bundle" else run
+    m = run / "metrics.json"
+    calibrated = json.loads(m.read_text(encoding="utf-8")).get("reject") if m.is_file() else None
+    if not calibrated:
+        raise HeadstartError(f"{run} has no calibrated threshold (made before --reject existed, or without "
+                             "held-out images); pass a number, e.g. --reject 0.5")
+    return float(calibrated["threshold"])
 
 
 _CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

@@ -24,6 +24,7 @@ from headstart.ensemble import run_proba
 from headstart.evaluate.curves import diagnose
 from headstart.evaluate.metrics import classification_metrics
 from headstart.evaluate.predictions import write_test_predictions
+from headstart.fit.reject import calibration
 from headstart.heads.params import LinearParams
 from headstart.fit.codes import SPLIT_IDS, Codes, extract_dataset
 from headstart.fit.probe import make_head, select
@@ -164,12 +165,16 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
     bundle = load(run.bundle, backend=cfg.engine.backend)
     probs, labels = run_proba(bundle, test_set, tta=ft.tta, batch_size=batch_size), test_set.labels
     write_test_predictions(run.path, test_set.paths, labels, probs, ds.classes)
+    reject = None
+    if val_set is not None:  # as `predict` will see new images: the saved model, no TTA
+        val_probs = run_proba(bundle, ImageSet(val_set.paths, val_set.labels), tta="none", batch_size=batch_size)
+        reject = calibration(val_probs.max(axis=1), f"the validation split ({len(val_set.paths)} images)")
     eval_s = time.perf_counter() - t0
     metrics = {
         "strategy": "finetune", "model": cfg.model, "layer": "all", "classes": ds.classes, "seed": cfg.data.seed,
         "freeze": ft.freeze, "head_init": ft.head_init, **({"probe_C": probe["C"]} if probe else {}),
         "counts": {k: len(v) for k, v in splits.items()} | {k: 0 for k in SPLIT_IDS if k not in splits},
-        "val": val, **({"wise_ft": wise} if wise else {}),
+        "val": val, **({"wise_ft": wise} if wise else {}), "reject": reject,
         "test": classification_metrics(labels, probs, ds.classes) | {
             "tta": ft.tta, "snapshots": 1 + len(members) if ft.snapshots else 0},
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,

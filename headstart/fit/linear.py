@@ -10,12 +10,14 @@ import time
 from typing import Any
 
 
+from headstart.advise.probe import CV_SEED
 from headstart.config import FitConfig
 from headstart.evaluate.metrics import classification_metrics
 from headstart.evaluate.predictions import write_test_predictions
 from headstart.fit.codes import SPLIT_IDS, extract_dataset
 from headstart.fit.layers import layer_name, parse_layer
 from headstart.fit.probe import make_head, select
+from headstart.fit.reject import calibration, out_of_fold_max_proba
 from headstart.fit.rundir import start_run
 from headstart.models import create_model
 
@@ -38,6 +40,13 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
     fit_mask = codes.split != SPLIT_IDS["test"]
     head = make_head(cfg)(C).fit(codes.X(layer, fit_mask), codes.labels[fit_mask])
     fit_s = time.perf_counter() - t0
+    pool = codes.canonical(fit_mask)  # content order: the calibration depends on the images alone
+    try:
+        reject = calibration(out_of_fold_max_proba(lambda: make_head(cfg)(C), codes.X(layer, pool),
+                                                   codes.labels[pool], seed=CV_SEED),
+                             f"3-fold out-of-fold predictions on train+val ({int(fit_mask.sum())} images)")
+    except ValueError:  # a class with a single image: nothing held out to calibrate on
+        reject = None
 
     te = codes.split == SPLIT_IDS["test"]
     params = head.to_params()
@@ -56,6 +65,7 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
         "val": {"accuracy": sel.accuracy, "images": sel.images, "protocol": sel.protocol},
         "test": test_metrics,
         "selection": sel.table,
+        "reject": reject,
         "skipped_files": codes.skipped_files(),
         "left_out_files": [str(p) for p in ds.left_out],  # not images: never read
         "duplicates_across_splits": codes.duplicates,
