@@ -42,7 +42,7 @@ color:#222;line-height:1.45}
 h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .big{font-size:1.6em;font-weight:600}.muted{color:#666}.scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:.9em;margin:.4em 0}th,td{border:1px solid #ddd;padding:3px 7px;
-text-align:right}th:first-child,td:first-child{text-align:left}
+text-align:left}table.num td:not(:first-child),table.num th:not(:first-child){text-align:right}
 img.chart{max-width:100%;height:auto}.strip{display:flex;flex-wrap:wrap;gap:4px;margin:.3em 0}
 .strip img{width:84px;height:84px;object-fit:cover;border-radius:3px}
 .loss{display:inline-block;width:132px;margin:3px;font-size:.75em;vertical-align:top}
@@ -100,9 +100,10 @@ def _thumb(path: Path, alt: str) -> str:
     return f"<img alt='{_e(alt)}' src='data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[object]], table_id: str = "") -> str:
+def _table(head: Sequence[str], rows: Iterable[Sequence[object]], table_id: str = "", numeric: bool = True) -> str:
     ident = f" id='{table_id}'" if table_id else ""
-    out = [f"<div class='scroll'><table{ident}><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    cls = " class='num'" if numeric else ""
+    out = [f"<div class='scroll'><table{ident}{cls}><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     out += ["<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows]
     return "".join(out) + "</table></div>"
 
@@ -137,7 +138,7 @@ def _choice(run: Path, m: dict[str, Any]) -> str:
     cautions = "".join(f"<li>{_e(c)}</li>" for c in plan.get("cautions", []))
     return (f"<h2>How it was chosen</h2><p><b>{_e(plan['summary'])}</b></p><ul>{''.join(items)}</ul>"
             + (f"<p>Cautions:</p><ul>{cautions}</ul>" if cautions else "")
-            + _table(["candidate", "what", "validation", "how measured", "took"], rows)
+            + _table(["candidate", "what", "validation", "how measured", "took"], rows, numeric=False)
             + f"<p>kept <b>{_e(auto['winner'])}</b> ({_e(auto['winner_role'])}): {_e(auto['why'])}</p>")
 
 
@@ -250,4 +251,4 @@ def _machine(m: dict[str, Any]) -> str:
     facts = [("timing (s)", timing), ("batch size", m.get("batch_size", "-")),
              ("headstart", __version__), ("torch", torch.__version__), ("python", sys.version.split()[0]),
              ("machine", f"{platform.platform()} · {os.cpu_count()} CPUs")]
-    return "<h2>Timings and machine</h2>" + _table(["", ""], [[_e(k), _e(v)] for k, v in facts])
+    return "<h2>Timings and machine</h2>" + _table(["", ""], [[_e(k), _e(v)] for k, v in facts], numeric=False)
