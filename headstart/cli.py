@@ -262,11 +262,12 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run directory from `headstart fit`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write: model.onnx, labels.json, "
                                       "preprocess.json, predict.py, README.md.")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx (runs on ONNX Runtime alone).")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="onnx (model.onnx, for ONNX Runtime) or openvino "
+                                     "(model.xml + model.bin, for OpenVINO).")] = "onnx",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
 ) -> None:
-    """The trained model as a folder that predicts with ONNX Runtime and numpy alone (plus Pillow to read
-    images): uint8 RGB images in, class probabilities out."""
+    """The trained model as a folder that predicts with ONNX Runtime (or OpenVINO) and numpy alone (plus Pillow
+    to read images): uint8 RGB images in, class probabilities out."""
     from headstart.export import export_run
 
     folder = export_run(run, out, fmt=fmt, overwrite=overwrite)

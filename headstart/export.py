@@ -1,12 +1,14 @@
-"""``headstart export RUN_DIR --out DIR``: a trained run as a folder that predicts with ONNX Runtime alone.
+"""``headstart export RUN_DIR --out DIR [--format onnx|openvino]``: a trained run as a folder that predicts with
+ONNX Runtime (or OpenVINO) alone.
 
-The folder holds ``model.onnx``, ``labels.json``, ``preprocess.json``, a ``predict.py`` of a few lines and a
-README. The graph takes a batch of uint8 RGB images already resized and centre-cropped to the model's input
-size, ``(N, S, S, 3)`` (height, width, channels, as Pillow and OpenCV hold them), and returns class
-probabilities ``(N, K)``. Inside it: the normalisation, the network, for a linear run the CNN codes rounded
-to float16 as the head was trained on them and the head itself, for a snapshot ensemble every member with
-their probabilities averaged. The resize and crop stay outside: ONNX's bicubic resize is not Pillow's, and the
-codes of pretrained weights depend on the exact pixels. ``predict.py`` does them with Pillow as headstart does.
+The folder holds ``model.onnx`` (or OpenVINO's ``model.xml`` + ``model.bin``), ``labels.json``,
+``preprocess.json``, a ``predict.py`` of a few lines and a README. The graph takes a batch of uint8 RGB images
+already resized and centre-cropped to the model's input size, ``(N, S, S, 3)`` (height, width, channels, as
+Pillow and OpenCV hold them), and returns class probabilities ``(N, K)``. Inside it: the normalisation, the
+network, for a linear run the CNN codes rounded to float16 as the head was trained on them and the head
+itself, for a snapshot ensemble every member with their probabilities averaged. The resize and crop stay
+outside: ONNX's bicubic resize is not Pillow's, and the codes of pretrained weights depend on the exact
+pixels. ``predict.py`` does them with Pillow as headstart does.
 
     export_run("runs/first", "exported/")   # then: python exported/predict.py photo.jpg
 """
@@ -31,7 +33,7 @@ from headstart.models.spec import PreprocessSpec
 
 __all__ = ["FORMATS", "export_run"]
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino")
 INPUT, OUTPUT = "images", "probabilities"
 
 
@@ -103,10 +105,16 @@ def export_run(run: str | Path, out: str | Path, *, fmt: str = "onnx", overwrite
     tmp.mkdir(parents=True)
     try:
         _write_onnx(module, size, tmp / "model.onnx")
+        if fmt == "openvino":  # OpenVINO's IR (model.xml + model.bin), converted from the same graph
+            import openvino as ov
+
+            ov.save_model(ov.convert_model(str(tmp / "model.onnx")), str(tmp / "model.xml"),
+                          compress_to_fp16=False)  # its default halves the weights: probabilities move by ~1e-3
+            (tmp / "model.onnx").unlink()
         atomic_write(tmp / "labels.json", (json.dumps(meta["classes"], ensure_ascii=False, indent=1) + "\n").encode())
         atomic_write(tmp / "preprocess.json", (json.dumps(pre, indent=1) + "\n").encode())
-        atomic_write(tmp / "predict.py", _PREDICT.encode())
-        atomic_write(tmp / "README.md", _readme(meta, pre).encode())
+        atomic_write(tmp / "predict.py", _predict_py(fmt).encode())
+        atomic_write(tmp / "README.md", _readme(meta, pre, fmt).encode())
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)
@@ -125,23 +133,42 @@ def _write_onnx(module: nn.Module, size: int, path: Path) -> None:
                           do_constant_folding=True)
 
 
-def _readme(meta: dict[str, Any], pre: dict[str, Any]) -> str:
-    size = pre["input_size"]
+def _predict_py(fmt: str) -> str:
+    return _PREDICT.replace("RUNTIME_IMPORT", _RUNTIME[fmt][0]).replace("RUNTIME_LOAD", _RUNTIME[fmt][1]).replace(
+        "RUNTIME_RUN", _RUNTIME[fmt][2])
+
+
+# (import, load, run) for each format's runtime. OpenVINO is held to f32: on CPUs with bf16 units it would
+# otherwise compute in bf16 and move probabilities by ~1e-3.
+_RUNTIME = {
+    "onnx": ("import onnxruntime as ort",
+             'session = ort.InferenceSession(str(here / "model.onnx"), providers=["CPUExecutionProvider"])',
+             'session.run(None, {"images": batch})[0]'),
+    "openvino": ("import openvino as ov",
+                 'compiled = ov.Core().compile_model(str(here / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": '
+                 '"f32"})',
+                 "compiled([batch])[0]"),
+}
+
+
+def _readme(meta: dict[str, Any], pre: dict[str, Any], fmt: str) -> str:
+    size, model_file = pre["input_size"], "model.onnx" if fmt == "onnx" else "model.xml` + `model.bin"
+    runtime = "onnxruntime" if fmt == "onnx" else "openvino"
     return f"""# {meta['model']} fine-tuned by headstart ({meta['kind']}): {len(meta['classes'])} classes
 
-`model.onnx` maps a batch of RGB images, uint8, shape `(N, {size}, {size}, 3)`, to class probabilities
+`{model_file}` maps a batch of RGB images, uint8, shape `(N, {size}, {size}, 3)`, to class probabilities
 `(N, {len(meta['classes'])})` in the order of `labels.json`. Normalisation and the network are inside it.
 Before it, as headstart does (`prepare` in predict.py): decode a JPEG at a reduced scale when it is at least
 twice the resize size (Pillow's `draft`), apply the EXIF orientation, convert to RGB, resize the shorter side
 to {pre['resize_size']} pixels ({pre['interpolation']}), and crop the central {size} x {size} square.
 
-    pip install onnxruntime numpy pillow
+    pip install {runtime} numpy pillow
     python predict.py photo.jpg another.png
 
 `predict.py` (the whole of it is the example):
 
 ```python
-{_PREDICT}```
+{_predict_py(fmt)}```
 """
 
 
@@ -150,13 +177,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+RUNTIME_IMPORT
 from PIL import Image, ImageOps
 
 here = Path(__file__).parent
 labels = json.loads((here / "labels.json").read_text(encoding="utf-8"))
 pre = json.loads((here / "preprocess.json").read_text())
-session = ort.InferenceSession(str(here / "model.onnx"), providers=["CPUExecutionProvider"])
+RUNTIME_LOAD
 
 
 def prepare(path):
@@ -175,7 +202,8 @@ def prepare(path):
 
 def predict(paths):
     """Class probabilities, one row per image, columns in the order of labels.json."""
-    return session.run(None, {"images": np.stack([prepare(p) for p in paths])})[0]
+    batch = np.stack([prepare(p) for p in paths])
+    return RUNTIME_RUN
 
 
 if __name__ == "__main__":

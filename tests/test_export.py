@@ -33,13 +33,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("strategy", ["linear", "finetune"])
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_export_predicts_as_headstart_does_in_a_process_without_it(runs: dict[str, Path], tmp_path: Path,
                                                                    sample_photos: dict[str, Path],
                                                                    capsys: pytest.CaptureFixture[str],
                                                                    monkeypatch: pytest.MonkeyPatch,
-                                                                   strategy: str) -> None:
+                                                                   strategy: str, fmt: str) -> None:
     out = tmp_path / "exported"
-    code, stdout, err = run_cli(capsys, monkeypatch, "export", str(runs[strategy]), "--out", str(out))
+    code, stdout, err = run_cli(capsys, monkeypatch, "export", str(runs[strategy]), "--out", str(out), "--format",
+                                fmt)
     assert code == 0, err
     photos = [str(p) for p in sample_photos.values()]
     expected = load(runs[strategy], backend="torch").predict_proba(photos)
@@ -56,9 +58,11 @@ def test_export_predicts_as_headstart_does_in_a_process_without_it(runs: dict[st
     subprocess.run([sys.executable, "-c", "import sys, numpy as np; sys.argv = ['p']; " + spec +
                     "; m = u.module_from_spec(s); s.loader.exec_module(m); "
                     f"np.save({str(images)!r}, np.stack([m.prepare(p) for p in {photos!r}]))"], check=True)
-    probe = ("import sys, numpy as np, onnxruntime as ort; "
-             f"x = np.load({str(images)!r}); "
-             f"p = ort.InferenceSession({str(out / 'model.onnx')!r}).run(None, {{'images': x}})[0]; "
+    run_graph = (f"import onnxruntime as ort; p = ort.InferenceSession({str(out / 'model.onnx')!r}).run(None, "
+                 "{'images': x})[0]" if fmt == "onnx" else
+                 f"import openvino as ov; p = ov.Core().compile_model({str(out / 'model.xml')!r}, 'CPU', "
+                 "{'INFERENCE_PRECISION_HINT': 'f32'})([x])[0]")
+    probe = (f"import sys, numpy as np; x = np.load({str(images)!r}); {run_graph}; "
              "assert not {'torch', 'headstart', 'PIL'} & set(sys.modules), sorted(sys.modules); "
              "np.save(sys.argv[1], p)")
     got = tmp_path / "probs.npy"
