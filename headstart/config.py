@@ -172,7 +172,7 @@ class FitConfig:
             raise ConfigError(f"finetune.schedule.warmup_epochs must be <= finetune.epochs ({ft.epochs}); got "
                               f"{ft.schedule.warmup_epochs:g} (--warmup)")
         stages, taps = _stages_and_taps(entry.name)
-        if self.strategy == "finetune" and ft.freeze > len(stages):
+        if self.strategy in ("finetune", "auto") and ft.freeze > len(stages):  # auto: its fine-tuning candidate
             raise ConfigError(f"finetune.freeze must be <= {len(stages)}, the number of stages of {self.model} "
                               f"({', '.join(stages)}); got {ft.freeze} (--freeze)")
         layers = [t.strip() for t in self.linear.layer.split(",")]

@@ -94,10 +94,15 @@ def export_run(run: str | Path, out: str | Path, *, fmt: str = "onnx", overwrite
     ``overwrite``. The folder appears whole: it is built beside ``out`` and renamed."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    out = Path(out)
+    out, source = Path(out), Path(run).resolve()
+    if out.resolve() == source or out.resolve() in source.parents:
+        raise ConfigError(f"--out {out} is (or holds) the run being exported; choose another folder")
     taken = any(out.iterdir()) if out.is_dir() else out.exists()
     if taken and not overwrite:
         raise ConfigError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+    if taken and not all((out / f).is_file() for f in ("labels.json", "preprocess.json", "predict.py")):
+        raise ConfigError(f"--out {out} holds files that are not an export; --overwrite replaces only an earlier "
+                          "export: choose a new folder")
     module, meta = exported_module(run)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     size, pre = spec.input_size, spec.to_dict() | {"resize_size": spec.resize_size}
@@ -111,7 +116,7 @@ def export_run(run: str | Path, out: str | Path, *, fmt: str = "onnx", overwrite
             ov.save_model(ov.convert_model(str(tmp / "model.onnx")), str(tmp / "model.xml"),
                           compress_to_fp16=False)  # its default halves the weights: probabilities move by ~1e-3
             (tmp / "model.onnx").unlink()
-        atomic_write(tmp / "labels.json", (json.dumps(meta["classes"], ensure_ascii=False, indent=1) + "\n").encode())
+        atomic_write(tmp / "labels.json", (json.dumps(meta["classes"], indent=1) + "\n").encode())
         atomic_write(tmp / "preprocess.json", (json.dumps(pre, indent=1) + "\n").encode())
         atomic_write(tmp / "predict.py", _predict_py(fmt).encode())
         atomic_write(tmp / "README.md", _readme(meta, pre, fmt).encode())
@@ -193,9 +198,13 @@ def prepare(path):
     img = Image.open(path)
     if img.format == "JPEG":
         img.draft("RGB", (r, r))
-    img = ImageOps.exif_transpose(img).convert("RGB")
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:  # onto white, as headstart
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+    img = img.convert("RGB")
     w, h = img.size
-    img = img.resize((r, max(1, int(r * h / w))) if w <= h else (max(1, int(r * w / h)), r), Image.BICUBIC)
+    resample = getattr(Image.Resampling, pre["interpolation"].upper())
+    img = img.resize((r, max(1, int(r * h / w))) if w <= h else (max(1, int(r * w / h)), r), resample)
     left, top = round((img.width - s) / 2.0), round((img.height - s) / 2.0)
     return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
 

@@ -32,13 +32,15 @@ import numpy as np
 from headstart.bundle import LoadedModel, load
 from headstart.data import EvalTransform
 from headstart.data.decode import decode_image
-from headstart.errors import DecodeError
+from headstart.errors import DecodeError, NonFiniteError
 from headstart.predict import Predictor
 
 __all__ = ["Batcher", "create_app"]
 
 MAX_BYTES = 20 * 1024 * 1024  # per image
 MAX_IMAGES = 64  # per request
+MAX_PIXELS = 40_000_000  # per image, from its header before decoding (a 6300 x 6300 photo; 120 MB as RGB)
+DECODERS = 4  # images decoded at once, whatever the number of requests: bounds the memory decoding takes
 
 
 class _Upload(io.BytesIO):
@@ -85,14 +87,20 @@ class Batcher:
                     self._queue.put(None)  # stop after this batch
                     break
                 items.append(nxt)
+            items = [(im, fut) for im, fut in items if fut.set_running_or_notify_cancel()]  # drop cancelled
+            if not items:
+                continue
             try:
                 probs = self.predictor.batch_proba(np.stack([im for im, _ in items]))
                 self.batches += 1
+                if not np.isfinite(probs).all():
+                    raise NonFiniteError("the model produced NaN/inf probabilities: its weights are damaged")
                 for (_, fut), p in zip(items, probs):
                     fut.set_result(p)
             except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
                 for _, fut in items:
-                    fut.set_exception(e)
+                    if not fut.done():
+                        fut.set_exception(e)
 
 
 def _now() -> float:
@@ -122,6 +130,11 @@ def create_app(run: str | Path, *, backend: str = "auto", batch_size: int = 32, 
 
     app = FastAPI(title="headstart", version=info["headstart"], lifespan=lifespan)
     app.state.batcher = batcher
+    decoding = asyncio.Semaphore(DECODERS)
+
+    async def prepare(upload: _Upload) -> np.ndarray:
+        async with decoding:
+            return await asyncio.get_running_loop().run_in_executor(None, _prepare, upload, transform)
 
     class BadInput(Exception):
         def __init__(self, status: int, message: str) -> None:
@@ -143,9 +156,8 @@ def create_app(run: str | Path, *, backend: str = "auto", batch_size: int = 32, 
     @app.post("/predict")
     async def predict(request: Request, top_k: int = 5) -> dict[str, Any]:
         uploads = await _uploads(request, max_bytes, max_images, BadInput)
-        loop = asyncio.get_running_loop()
         try:
-            images = await asyncio.gather(*(loop.run_in_executor(None, _prepare, u, transform) for u in uploads))
+            images = await asyncio.gather(*(prepare(u) for u in uploads))
         except DecodeError as e:
             raise BadInput(413 if "too large" in str(e) or "exceeds the limit" in str(e) else 400,
                            str(e).splitlines()[0]) from None
@@ -161,6 +173,11 @@ def create_app(run: str | Path, *, backend: str = "auto", batch_size: int = 32, 
 async def _uploads(request: Any, max_bytes: int, max_images: int, bad: type[Exception]) -> list[_Upload]:
     """The request's images as named byte buffers, refusing what cannot be one (see the module)."""
     kind = request.headers.get("content-type", "")
+    length = request.headers.get("content-length")
+    if length is None:
+        raise bad(411, "send the request with a Content-Length")
+    if not length.isdigit() or int(length) > max_images * (max_bytes + 4096):  # refused before it is read
+        raise bad(413, f"the request is larger than {max_images} images of {max_bytes:,} bytes")
     out: list[_Upload] = []
     if kind.startswith("multipart/form-data"):
         async with request.form(max_files=max_images + 1, max_part_size=max_bytes + 1) as form:  # closes uploads
@@ -190,7 +207,7 @@ async def _uploads(request: Any, max_bytes: int, max_images: int, bad: type[Exce
 
 
 def _prepare(upload: _Upload, transform: EvalTransform) -> np.ndarray:
-    return transform(decode_image(upload, draft_size=transform.draft_size))
+    return transform(decode_image(upload, draft_size=transform.draft_size, max_pixels=MAX_PIXELS))
 
 
 def _blank(model: LoadedModel) -> Any:

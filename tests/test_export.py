@@ -80,5 +80,11 @@ def test_export_refuses_a_folder_that_holds_something(runs: dict[str, Path], tmp
     (tmp_path / "x" / "keep.txt").write_text("mine")
     code, _, err = run_cli(capsys, monkeypatch, "export", str(runs["linear"]), "--out", str(tmp_path / "x"))
     assert code == 2 and "not empty" in err and (tmp_path / "x" / "keep.txt").read_text() == "mine"
+    code, _, err = run_cli(capsys, monkeypatch, "export", str(runs["linear"]), "--out", str(tmp_path / "x"),
+                           "--overwrite")
+    assert code == 2 and "not an export" in err and (tmp_path / "x" / "keep.txt").read_text() == "mine"
+    for inside in (runs["linear"], runs["linear"].parent):
+        code, _, err = run_cli(capsys, monkeypatch, "export", str(runs["linear"]), "--out", str(inside), "--overwrite")
+        assert code == 2 and "the run being exported" in err and (runs["linear"] / "metrics.json").is_file()
     code, _, err = run_cli(capsys, monkeypatch, "export", str(tmp_path / "x"), "--out", str(tmp_path / "y"))
     assert code == 2 and "holds no trained model" in err and not (tmp_path / "y").exists()

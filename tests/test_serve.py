@@ -148,3 +148,23 @@ def test_concurrent_requests_on_loopback_are_batched_and_right(run: Path, tmp_pa
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_huge_declared_request_is_refused_before_it_is_read(client) -> None:  # noqa: ANN001
+    r = client.post("/predict", content=b"{}", headers={"content-type": "application/json",
+                                                          "content-length": str(10**12)})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
+def test_a_cancelled_request_does_not_stop_the_batcher(run: Path) -> None:
+    from headstart.serve import Batcher
+
+    predictor = load(run, backend="torch").predictor
+    batcher = Batcher(predictor, max_wait_ms=200)
+    image = np.zeros((3, predictor.spec.input_size, predictor.spec.input_size), np.float32)
+    gone = batcher.submit(image)
+    assert gone.cancel()  # the client went away before its batch ran
+    kept = batcher.submit(image)
+    assert kept.result(timeout=30).shape == (3,)
+    assert batcher.submit(image).result(timeout=30).shape == (3,)  # and the worker lives on
+    batcher.close()

@@ -27,7 +27,7 @@ def write_test_predictions(run_dir: str | Path, paths: Sequence[str | Path], lab
             for p, y, k, pr in zip(paths, labels, pred, probs)]
     data = {"classes": list(classes), "columns": ["path", "true", "predicted", "p_predicted", "p_true"],
             "rows": rows}
-    atomic_write(Path(run_dir) / FILE, (json.dumps(data, ensure_ascii=False) + "\n").encode())
+    atomic_write(Path(run_dir) / FILE, (json.dumps(data) + "\n").encode())  # ASCII: a non-UTF-8 name is escaped
 
 
 def read_test_predictions(run_dir: str | Path) -> dict[str, Any] | None:

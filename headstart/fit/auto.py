@@ -261,7 +261,8 @@ def _within_budget(c: Candidate, deadline: float | None,
 def _started(cand: FitConfig) -> FitConfig | None:
     """The candidate's config as it was started (its epochs cut to the budget then), if it was."""
     file = Path(cand.out) / "config.toml"
-    return from_dict(FitConfig, load_toml(file)) if file.is_file() else None
+    # Its folder as this run names it now (the run may be resumed by another spelling of its path).
+    return replace(from_dict(FitConfig, load_toml(file)), out=cand.out) if file.is_file() else None
 
 
 def _finished(cand: FitConfig) -> dict[str, Any] | None:

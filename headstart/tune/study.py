@@ -192,7 +192,8 @@ def _run_stage(study: Any, stage: str, base: FitConfig, space: dict[str, Range],
                 raise optuna.TrialPruned(f"val loss {row['val_loss']:.4f} at epoch {row['epoch']}")
 
         t = time.perf_counter()
-        m = fit(apply(replace(base, out=str(out)), params), progress=False, overwrite=True, on_epoch_end=report)
+        m = fit(apply(replace(base, out=str(out)), params), progress=False, overwrite=True, on_epoch_end=report,
+                report=False)
         trial.set_user_attr("val_accuracy", m["val"]["accuracy"])
         trial.set_user_attr("epochs", m["training"]["epochs_run"])
         trial.set_user_attr("seconds", round(time.perf_counter() - t, 1))

@@ -210,7 +210,8 @@ def test_auto_killed_while_fine_tuning_resumes_without_redoing_what_finished(sma
     assert 1 <= done < 4 and linear.is_file() and not (out / "metrics.json").exists()
     before = (linear.stat().st_mtime_ns, (out / "advice.json").read_bytes())
 
-    resumed = run("fit", "--resume", out).assert_ok()
+    (tmp_path / "link").symlink_to(tmp_path)  # resumed by another spelling of its path
+    resumed = run("fit", "--resume", tmp_path / "link" / "run").assert_ok()
     assert "resumed" in resumed.err and "finished before; kept as it is" in resumed.err
     assert (linear.stat().st_mtime_ns, (out / "advice.json").read_bytes()) == before
     assert [json.loads(x)["epoch"] for x in (cand / "curves.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
