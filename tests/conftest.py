@@ -61,3 +61,16 @@ def sample_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         Image.fromarray(getattr(skdata, name)()).save(p, quality=95)
         paths[name] = p
     return paths
+
+
+def fit_tiny(root: Path, data: Path, strategy: str) -> Path:
+    """``root/<strategy>``: a run of ``strategy`` on ``data`` with the tiny test backbone (fine-tuning: 2
+    epochs, 1 stage frozen), its codes cached in ``root/cache``."""
+    from headstart.config import DataConfig, EngineConfig, FinetuneConfig, FitConfig
+    from headstart.fit import fit
+
+    cfg = FitConfig(out=str(root / strategy), strategy=strategy, model="tiny_test", data=DataConfig(path=str(data)),
+                    engine=EngineConfig(backend="torch", cache_dir=str(root / "cache"), batch_size=8),
+                    finetune=FinetuneConfig(epochs=2, freeze=1))
+    fit(cfg, progress=False)
+    return root / strategy

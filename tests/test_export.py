@@ -10,26 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import run_cli
-from conftest import make_class_folder
+from conftest import fit_tiny, make_class_folder
 
 from headstart.bundle import load
-from headstart.config import DataConfig, EngineConfig, FinetuneConfig, FitConfig
-from headstart.fit import fit
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
     data = make_class_folder(root / "data", 10, classes=("circle", "square", "triangle"))
-    out = {}
-    for strategy in ("linear", "finetune"):
-        cfg = FitConfig(out=str(root / strategy), strategy=strategy, model="tiny_test",
-                        data=DataConfig(path=str(data)),
-                        engine=EngineConfig(backend="torch", cache_dir=str(root / "cache"), batch_size=8),
-                        finetune=FinetuneConfig(epochs=2, freeze=1, snapshots=False))
-        fit(cfg, progress=False)
-        out[strategy] = root / strategy
-    return out
+    return {strategy: fit_tiny(root, data, strategy) for strategy in ("linear", "finetune")}
 
 
 @pytest.mark.parametrize("strategy", ["linear", "finetune"])

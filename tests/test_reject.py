@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import run_cli
-from conftest import make_class_folder
+from conftest import fit_tiny, make_class_folder
 
 from headstart.bundle import load
-from headstart.config import DataConfig, EngineConfig, FinetuneConfig, FitConfig
-from headstart.fit import fit
 from headstart.fit.reject import FALSE_REJECTION, calibration, out_of_fold_max_proba
 from headstart.heads import SoftmaxRegression
 
@@ -22,15 +20,7 @@ from headstart.heads import SoftmaxRegression
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reject")
     data = make_class_folder(root / "data", 12, classes=("circle", "square", "triangle"))
-    out = {}
-    for strategy in ("linear", "finetune"):
-        cfg = FitConfig(out=str(root / strategy), strategy=strategy, model="tiny_test", data=DataConfig(path=str(data)),
-                        engine=EngineConfig(backend="torch", cache_dir=str(root / "cache"), batch_size=8),
-                        finetune=FinetuneConfig(epochs=2, freeze=1))
-        fit(cfg, progress=False)
-        out[strategy] = root / strategy
-    out["data"] = data
-    return out
+    return {strategy: fit_tiny(root, data, strategy) for strategy in ("linear", "finetune")} | {"data": data}
 
 
 def test_the_threshold_refuses_the_target_share_of_held_out_known_images() -> None:

@@ -61,7 +61,7 @@ def write_report(run_dir: str | Path) -> Path:
     splits = json.loads((run / "splits.json").read_text(encoding="utf-8"))
     sections = [_header(run, metrics), _choice(run, metrics), _data(run, metrics, splits),
                 _curves(run, metrics), _confusion(metrics), _per_class(metrics),
-                *_predictions(run, splits), _reproduce(run), _machine(metrics)]
+                *_predictions(run, splits), _reproduce(run), _machine(run, metrics)]
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>headstart · {_e(run.name)}</title><style>{_CSS}</style></head><body>"
@@ -242,13 +242,20 @@ def _reproduce(run: Path) -> str:
             + f"<details><summary>config.toml</summary><pre>{_e(cfg)}</pre></details>")
 
 
-def _machine(m: dict[str, Any]) -> str:
+def _config(run: Path) -> dict[str, Any]:
+    from headstart.config import load_toml
+
+    return load_toml(run / "config.toml") if (run / "config.toml").is_file() else {}
+
+
+def _machine(run: Path, m: dict[str, Any]) -> str:
     import torch
 
     from headstart import __version__
 
     timing = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.get("timing", {}).items())
-    facts = [("timing (s)", timing), ("batch size", m.get("batch_size", "-")),
+    engine = _config(run).get("engine", {})
+    facts = [("timing (s)", timing), ("engine", engine.get("backend", "-")), ("batch size", m.get("batch_size", "-")),
              ("headstart", __version__), ("torch", torch.__version__), ("python", sys.version.split()[0]),
              ("machine", f"{platform.platform()} · {os.cpu_count()} CPUs")]
     return "<h2>Timings and machine</h2>" + _table(["", ""], [[_e(k), _e(v)] for k, v in facts], numeric=False)
