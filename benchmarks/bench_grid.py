@@ -184,7 +184,8 @@ def report() -> str:
         noise = max(spread.get(best, 0.0), spread.get(second, 0.0)) if second else 0.0  # the two compared
         best_cell = "-" if best is None else (best if runner is None or fixed[best] - runner > noise else
                                               f"tie ({best} by {100 * (fixed[best] - runner):.1f})")
-        complete = best is not None and len(fixed) == len(FIXED)
+        # Regrets only for rows where every strategy and auto ran: the means then compare the same rows.
+        complete = best is not None and len(fixed) == len(FIXED) and "auto" in mean
         regret_cells = []
         size_pick = "linear_best" if per_class < LARGE_PER_CLASS else "ft_k3"
         for key, value in (("auto", mean.get("auto")), ("linear_top", mean.get("linear_top")),
