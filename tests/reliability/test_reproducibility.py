@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import TINY, make_class_folder, metrics, run, without_timing
+from .helpers import LINEAR, TINY, make_class_folder, metrics, run, without_timing
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,16 +24,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_class_folder(tmp_path_factory.mktemp("repro") / "data", 10)
 
 
-@pytest.mark.parametrize("strategy", ["linear", "finetune"])
+@pytest.mark.parametrize("strategy", ["linear", "finetune", "auto"])
 def test_same_seed_same_metrics_and_the_seed_is_recorded(data: Path, tmp_path: Path, strategy: str) -> None:
-    extra = FINETUNE if strategy == "finetune" else ()
+    extra = {"finetune": FINETUNE, "linear": LINEAR, "auto": FINETUNE[2:]}[strategy]  # auto: the default
     for name in ("a", "b"):  # separate caches: the codes are recomputed, not shared
         run("fit", data, "--out", tmp_path / name, "--cache-dir", tmp_path / f"cache-{name}", "--seed", "7",
             *extra, *TINY).assert_ok()
     a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert without_timing(a) == without_timing(b)
     assert (tmp_path / "a" / "splits.json").read_bytes() == (tmp_path / "b" / "splits.json").read_bytes()
-    assert a["seed"] == 7 and a["strategy"] == strategy
+    assert a["seed"] == 7 and (a["strategy"] == strategy or strategy == "auto" and "auto" in a)  # auto: the kept
     assert tomllib.loads((tmp_path / "a" / "config.toml").read_text())["data"]["seed"] == 7
     if strategy == "finetune":
         curves = [(tmp_path / n / "curves.jsonl").read_text().splitlines() for n in ("a", "b")]
