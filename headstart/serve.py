@@ -180,11 +180,18 @@ async def _uploads(request: Any, max_bytes: int, max_images: int, bad: type[Exce
         raise bad(413, f"the request is larger than {max_images} images of {max_bytes:,} bytes")
     out: list[_Upload] = []
     if kind.startswith("multipart/form-data"):
-        async with request.form(max_files=max_images + 1, max_part_size=max_bytes + 1) as form:  # closes uploads
-            for key, value in form.multi_items():
-                if hasattr(value, "read"):
-                    data = await value.read(max_bytes + 1)
-                    out.append(_Upload(data, value.filename or key))
+        from starlette.exceptions import HTTPException
+
+        try:
+            async with request.form(max_files=max_images, max_part_size=max_bytes + 1) as form:  # closes uploads
+                for key, value in form.multi_items():
+                    if hasattr(value, "read"):
+                        data = await value.read(max_bytes + 1)
+                        out.append(_Upload(data, value.filename or key))
+        except HTTPException as e:  # Starlette's own refusal (too many files or fields, a malformed body)
+            too_many = "Too many" in str(e.detail)
+            raise bad(413 if too_many else 400, f"at most {max_images} images in one request" if too_many
+                      else f"the multipart body could not be read ({e.detail})") from None
     elif kind.startswith("application/json"):
         try:
             body = json.loads(await request.body())

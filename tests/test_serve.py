@@ -89,6 +89,7 @@ def _bomb_png() -> bytes:
     ([("file", ("big.jpg", b"\xff" * 200_001, "image/jpeg"))], None, 413, "more than 200,000 bytes"),
     ([("file", ("bomb.png", _bomb_png(), "image/png"))], None, 413, "pixels"),
     ([("file", (f"{i}.png", b"x", "image/png")) for i in range(5)], None, 413, "at most 4"),
+    ([("file", (f"{i}.png", b"x", "image/png")) for i in range(9)], None, 413, "at most 4"),
     (None, {"images": "not a list"}, 400, "JSON body"),
     (None, {"images": ["***"]}, 400, "JSON body"),
     (None, {"images": []}, 400, "no image"),
