@@ -136,6 +136,7 @@ class LoadedModel:
     taps: list[str]
     meta: dict[str, Any]
     predictor: Predictor
+    head: LinearParams | None = None  # a linear run's head (what export folds into its graph)
 
     def predict(self, paths: Sequence[str | Path], *, top_k: int = 1, batch_size: int = 32) -> PredictResult:
         return self.predictor.predict(paths, top_k=top_k, batch_size=batch_size)
@@ -285,4 +286,4 @@ def _load(folder: Path, meta: dict[str, Any], kind: str, backend: str) -> Loaded
         return head.predict_proba(codes)
 
     predictor = Predictor(CodesModule(backbone, taps), spec, meta["classes"], to_proba, backend=backend)
-    return LoadedModel(list(meta["classes"]), meta["model"], taps, meta, predictor)
+    return LoadedModel(list(meta["classes"]), meta["model"], taps, meta, predictor, head)

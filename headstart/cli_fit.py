@@ -21,7 +21,9 @@ from headstart.config import FitConfig, deep_update, from_dict, load_toml
 from headstart.data.augment import AUGMENT_OFF, AugmentConfig
 from headstart.errors import ConfigError
 
-__all__ = ["config_from_argv", "fit_command", "fit_config", "option_fields"]
+__all__ = ["BackendOpt", "config_from_argv", "fit_command", "fit_config", "option_fields"]
+
+BackendOpt = Annotated[str, typer.Option(help="Inference engine: auto, openvino, onnxruntime or torch.")]
 
 _PANELS = {"": "Run", "data": "Data", "engine": "Engine", "linear": "Linear classifier (--strategy linear)",
            "finetune": "Fine-tuning (--strategy finetune)", "finetune.optim": "Fine-tuning: optimiser",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.bundle import HEAD, META, load
+from headstart.bundle import load
 from headstart.engine.onnx_export import OPSET, quiet_export
 from headstart.errors import ConfigError
 from headstart.heads.params import LinearParams
@@ -78,14 +78,8 @@ def exported_module(run: str | Path) -> tuple[ExportedClassifier, dict[str, Any]
     """The run's classifier as one module (and its bundle's metadata)."""
     loaded = load(run, backend="torch")
     predictors = getattr(loaded.predictor, "members", [loaded.predictor])
-    head = None
-    if loaded.meta["kind"] == "linear":
-        from headstart.bundle import _load_arrays
-
-        folder = Path(run) / "bundle" if (Path(run) / "bundle" / META).is_file() else Path(run)
-        head = LinearParams.from_arrays(_load_arrays(folder, HEAD, loaded.meta), loaded.meta["head"]["proba"])
     spec = loaded.predictor.spec
-    module = ExportedClassifier([p.module for p in predictors], spec.mean, spec.std, head).eval()
+    module = ExportedClassifier([p.module for p in predictors], spec.mean, spec.std, loaded.head).eval()
     return module, loaded.meta
 
 

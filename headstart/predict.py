@@ -69,10 +69,9 @@ class Predictor:
         """Class probabilities for the decodable files; returns (probs, their indices in ``paths``, failures)."""
         transform = EvalTransform(self.spec)
         loader = BatchLoader(list(paths), transform, batch_size=batch_size, draft_size=transform.draft_size)
-        engine = self._get_engine()
         probs, idx = [], []
         for batch in loader:
-            p = self.to_proba(engine(batch.images))  # batch_proba, with the engine built once above
+            p = self.batch_proba(batch.images)
             if not np.isfinite(p).all():  # broken weights or engine: never print "nan%" as a prediction
                 bad = loader.paths[batch.indices[int(np.argmax(~np.isfinite(p).all(axis=1)))]]
                 raise NonFiniteError(f"the model produced NaN/inf probabilities, e.g. for {bad}; its weights are "

@@ -23,6 +23,7 @@ import io
 import json
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -77,10 +78,10 @@ class Batcher:
     def _work(self) -> None:
         while (first := self._queue.get()) is not None:
             items = [first]
-            deadline = _now() + self.max_wait
+            deadline = time.monotonic() + self.max_wait
             while len(items) < self.batch_size:
                 try:
-                    nxt = self._queue.get(timeout=max(deadline - _now(), 0.0))
+                    nxt = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -101,12 +102,6 @@ class Batcher:
                 for _, fut in items:
                     if not fut.done():
                         fut.set_exception(e)
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
 
 
 def create_app(run: str | Path, *, backend: str = "auto", batch_size: int = 32, max_wait_ms: float = 5.0,

@@ -31,8 +31,8 @@ from typing import Any
 
 from headstart.advise.plan import Plan
 from headstart.config import FitConfig, changed_from_defaults, deep_update, from_dict, load_toml, to_dict
-from headstart.errors import HeadstartError
 from headstart.data.loader import failures_reported_once
+from headstart.errors import HeadstartError
 from headstart.fit.auto_cost import (
     MIN_EPOCHS,
     BackboneCost,
@@ -165,6 +165,12 @@ def _fit_auto(cfg: FitConfig, *, progress: bool, resume: bool) -> dict[str, Any]
     budget_s = cfg.auto.budget * 60
     # Linear first: it is cheap, and the fine-tuning candidate then gets a known remainder, cut to fit.
     order = sorted(cands, key=lambda c: c.strategy != "linear")
+    deadline = t_start + budget_s if budget_s > 0 else None
+
+    def run_candidate(c: Candidate, resume: bool = False) -> None:
+        _run(c, progress=progress, resume=resume,
+             on_epoch_end=_within_budget(c, deadline, say.epoch(c) if progress else None))
+
     for i, c in enumerate(order):
         left = budget_s - (time.perf_counter() - t_start)
         if resume and (started := _started(c.cfg)) is not None:  # as it began before the kill
@@ -175,9 +181,7 @@ def _fit_auto(cfg: FitConfig, *, progress: bool, resume: bool) -> dict[str, Any]
                 say(f"step {2 + i}/3 · candidate {i + 1} of 2 ({c.role}): {c.what} finished before; kept as it is")
                 continue
             say(f"step {2 + i}/3 · candidate {i + 1} of 2 ({c.role}): {c.what}, resumed")
-            _run(c, progress=progress, resume=True,
-                 on_epoch_end=_within_budget(c, t_start + budget_s if budget_s > 0 else None,
-                                             say.epoch(c) if progress else None))
+            run_candidate(c, resume=True)
             continue
         if c.role == "runner-up":
             if budget_s == 0:
@@ -203,8 +207,7 @@ def _fit_auto(cfg: FitConfig, *, progress: bool, resume: bool) -> dict[str, Any]
                                                             if cut else "")
         say(f"step {2 + i}/3 · candidate {i + 1} of 2 ({c.role}): {c.what}{epochs} · estimated "
             f"{_dur(c.estimate_s)}, ETA {_clock(c.estimate_s)}")
-        _run(c, progress=progress, on_epoch_end=_within_budget(c, t_start + budget_s if budget_s > 0 else None,
-                                                               say.epoch(c) if progress else None))
+        run_candidate(c)
 
     winner, why = choose([c for c in cands if c.metrics is not None])
     say(f"kept {winner.strategy} ({winner.role}): {why}")
@@ -229,10 +232,9 @@ def _run(c: Candidate, *, progress: bool, on_epoch_end: Callable[[dict[str, Any]
     from headstart.fit import fit
 
     t0 = time.perf_counter()
-    if resume and c.strategy == "finetune":
-        c.metrics = fit(c.cfg, progress=progress, resume=True, on_epoch_end=on_epoch_end, report=False)
-    else:  # the auto run's report covers its candidates
-        c.metrics = fit(c.cfg, progress=progress, overwrite=True, on_epoch_end=on_epoch_end, report=False)
+    resume = resume and c.strategy == "finetune"  # the auto run's report covers its candidates: none of their own
+    c.metrics = fit(c.cfg, progress=progress, resume=resume, overwrite=not resume, on_epoch_end=on_epoch_end,
+                    report=False)
     c.cost_s = time.perf_counter() - t0
 
 

@@ -167,7 +167,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
     write_test_predictions(run.path, test_set.paths, labels, probs, ds.classes)
     reject = None
     if val_set is not None:  # as `predict` will see new images: the saved model, no TTA
-        val_probs = run_proba(bundle, ImageSet(val_set.paths, val_set.labels), tta="none", batch_size=batch_size)
+        val_probs = run_proba(bundle, val_set, tta="none", batch_size=batch_size)
         reject = calibration(val_probs.max(axis=1), f"the validation split ({len(val_set.paths)} images)")
     eval_s = time.perf_counter() - t0
     metrics = {
