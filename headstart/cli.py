@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from headstart.cli_advise import advise_command
+from headstart.cli_bench import bench_command
 from headstart.cli_deploy import export_command, report_command, serve_command
 from headstart.cli_fit import BackendOpt, _batch_size, fit_command
 from headstart.cli_tune import tune_command
@@ -196,7 +197,9 @@ def evaluate(
 def _run_fit(cfg, *, resume: bool, quiet: bool, overwrite: bool = False) -> None:  # noqa: ANN001
     from headstart.fit import fit as run_fit
 
-    _print_summary(run_fit(cfg, progress=not quiet, resume=resume, overwrite=overwrite), cfg.out)
+    metrics = run_fit(cfg, progress=not quiet, resume=resume, overwrite=overwrite)
+    if metrics:  # under torchrun, only rank 0's: the others return none
+        _print_summary(metrics, cfg.out)
 
 
 app.command("fit")(fit_command(_run_fit))
@@ -224,6 +227,7 @@ app.command("tune")(tune_command(_run_tune))
 app.command("report")(report_command)
 app.command("serve")(serve_command)
 app.command("export")(export_command)
+app.command("bench")(bench_command)
 
 
 @app.command()
@@ -236,13 +240,17 @@ def extract(
     batch_size: Annotated[str, typer.Option(help=BATCH_HELP + ".")] = "32",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache \\[default: ~/.cache/headstart].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split recorded beside the codes.")] = 0,
+    engine: Annotated[str, typer.Option(help="local, or ray: Ray Data computes the codes missing from the cache "
+                                        "(pip install 'headstart\\[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster (auto, ray://head:10001); "
+                                                   "default: a local one.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Write CNN codes (float16 .npy per tap) with paths, labels and splits (index.json)."""
     from headstart.features.command import run_extract
 
     summary = run_extract(data, out, model=model, layer=layer, backend=backend, batch_size=_batch_size(batch_size),
-                          cache_dir=cache_dir, seed=seed, progress=not quiet)
+                          cache_dir=cache_dir, seed=seed, progress=not quiet, engine=engine, address=address)
     console.print(escape(summary), highlight=False)
 
 

@@ -33,6 +33,8 @@ else:  # pragma: no cover
 STRATEGIES = ("linear", "finetune", "auto")
 HEAD_INITS = ("probe", "random")
 HEADS = ("softmax", "svm")
+DEVICES = ("auto", "cpu", "cuda")
+EXTRACT_ENGINES = ("local", "ray")
 TTA_MODES = ("none", "flip", "10crop", "multiscale")
 SELECTIONS = ("auto", "cv", "val")
 # Below this many train+val images, one validation split is too small to choose a layer or C on (issue 14):
@@ -61,6 +63,14 @@ class EngineConfig:
                               "extraction starts at 64 and halves on out-of-memory; fine-tuning then trains with 32")
     cache_dir: str = setting("", flag="--cache-dir", help="folder of the feature cache; empty: "
                              "$HEADSTART_CACHE/features, else ~/.cache/headstart/features")
+    extract_engine: str = setting("local", choices=EXTRACT_ENGINES, flag="--engine", help="where codes missing "
+                                  "from the cache are computed: local (this process) or ray (Ray Data: tasks "
+                                  "decode, an actor pool runs the network; needs the ray extra)")
+    ray_address: str = setting("", flag="--address", help="with --engine ray: the cluster to join (e.g. auto, "
+                               "ray://head:10001); empty: start a local one")
+    device: str = setting("auto", choices=DEVICES, flag="--device", help="where codes are extracted and "
+                          "fine-tuning trains: auto = a CUDA GPU if PyTorch sees one (bf16 autocast, "
+                          "channels_last), else the CPU")
 
     def __post_init__(self) -> None:
         check_settings(self, "engine")
@@ -181,6 +191,12 @@ class FitConfig:
         if unknown:
             raise ConfigError(f"linear.layer must be auto or taps of {self.model} joined by commas "
                               f"({', '.join(taps)}); got {self.linear.layer!r} (--layer)")
+        if self.engine.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("engine.device is cuda, but PyTorch sees no CUDA GPU here (torch.cuda.is_available() "
+                                  "is False); use --device auto or cpu")
         if not self.data.path:
             raise ConfigError("no dataset: pass DATA (a folder of class subfolders) or set data.path in the config")
         if not self.out:

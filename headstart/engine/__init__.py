@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from headstart.engine.base import Engine, TorchEngine
+from headstart.engine.base import PRECISIONS, Engine, TorchEngine, precision_for
 from headstart.errors import ConfigError
 
 BACKENDS = ("auto", "openvino", "onnxruntime", "torch")
 # Fastest first, as measured on CPU (benchmarks/bench_engine.py): what "auto" tries, in order.
 CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
 
-__all__ = ["BACKENDS", "Engine", "TorchEngine", "available_backends", "make_engine"]
+__all__ = ["BACKENDS", "PRECISIONS", "Engine", "TorchEngine", "available_backends", "make_engine", "precision_for"]
 
 
 def available_backends() -> list[str]:
@@ -30,13 +30,14 @@ def available_backends() -> list[str]:
 
 
 def make_engine(module: nn.Module, input_shape: tuple[int, int, int], *, backend: str = "auto",
-                device: str | torch.device = "cpu", cache_dir: Path | None = None) -> Engine:
+                device: str | torch.device = "cpu", cache_dir: Path | None = None, precision: str = "fp32") -> Engine:
     """An engine running frozen ``module`` on float32 (N, *input_shape) batches.
 
     ``backend="auto"``: on CPU the fastest installed of OpenVINO > ONNX Runtime > PyTorch; if exporting or
     compiling fails it warns and falls back to the next one, so it never fails where PyTorch works.
     On CUDA/MPS, PyTorch. A named backend is used as asked, and its errors propagate.
     ``cache_dir`` holds exported ONNX files and compiled blobs (default ``~/.cache/headstart/engines``).
+    ``precision="bf16"`` (PyTorch under bf16 autocast) is what ``precision_for`` picks on CUDA.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown engine backend {backend!r}; choose from: {', '.join(BACKENDS)}")
@@ -44,12 +45,12 @@ def make_engine(module: nn.Module, input_shape: tuple[int, int, int], *, backend
     input_shape = tuple(int(s) for s in input_shape)  # type: ignore[assignment]
     if len(input_shape) != 3:
         raise ConfigError(f"input_shape must be (C, H, W), got {input_shape}")
+    if precision != "fp32" or backend == "torch" or (backend == "auto" and dev.type != "cpu"):
+        if backend not in ("auto", "torch"):
+            raise ConfigError(f"engine backend {backend!r} runs in fp32 only; use backend='torch' for {precision}")
+        return TorchEngine(module, device=dev, precision=precision)
     if backend == "auto":
-        if dev.type != "cpu":
-            return TorchEngine(module, device=dev)
         return _auto(module, input_shape, cache_dir)
-    if backend == "torch":
-        return TorchEngine(module, device=dev)
     if dev.type != "cpu":
         raise ConfigError(f"engine backend {backend!r} runs on CPU only; use backend='torch' for device {dev}")
     if importlib.util.find_spec(backend) is None:

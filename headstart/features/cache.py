@@ -3,7 +3,8 @@
 Layout under the cache root (see ``FeatureCache``)::
 
     <root>/<extractor_id>/meta.json                   what the id stands for (model, weights, tap, preprocessing)
-    <root>/<extractor_id>/chunk-<uuid>.safetensors    tensor "codes" (n×D float16), metadata {"hashes": JSON list}
+    <root>/<extractor_id>/chunk-<digest>.safetensors  tensor "codes" (n×D float16), metadata {"hashes": JSON list};
+                                                      named by a digest of its hashes
 
 Chunks are immutable and only ever added, each written to a temp file, fsynced, then renamed into place,
 so a killed process leaves complete chunks or none; readers need no locks.
@@ -15,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -72,20 +72,22 @@ def hash_file(path: str | Path, block_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def extractor_meta(backbone: Backbone, tap: str) -> dict[str, Any]:
-    """Everything that determines a code besides the image bytes."""
-    return {"model": backbone.name, "weights_id": backbone.weights_id, "tap": tap,
+def extractor_meta(backbone: Backbone, tap: str, precision: str = "fp32") -> dict[str, Any]:
+    """Everything that determines a code besides the image bytes. The engines that compute in fp32 agree to
+    ~1e-5 (below the cache's float16) and share entries; another precision (bf16 on CUDA) gets its own."""
+    meta = {"model": backbone.name, "weights_id": backbone.weights_id, "tap": tap,
             "preprocess": backbone.spec.to_dict(), "codes": CODES_VERSION}
+    return meta if precision == "fp32" else meta | {"precision": precision}
 
 
-def extractor_id(backbone: Backbone, tap: str) -> str:
+def extractor_id(backbone: Backbone, tap: str, precision: str = "fp32") -> str:
     """SHA-256 of the canonical JSON of ``extractor_meta``: the cache namespace of one (model, weights, tap).
 
     >>> from headstart.models import create_model
     >>> len(extractor_id(create_model("tiny_test"), "pooled"))
     64
     """
-    return _meta_id(extractor_meta(backbone, tap))
+    return _meta_id(extractor_meta(backbone, tap, precision))
 
 
 def _meta_id(meta: dict[str, Any]) -> str:
@@ -198,12 +200,23 @@ class FeatureCache:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return CacheWriter(self, extractor_id, meta, chunk_size)
 
+    def commit_chunk(self, extractor_id: str, meta: dict[str, Any], hashes: Sequence[str], codes: np.ndarray) -> None:
+        """Store ``codes[i]`` under ``hashes[i]`` as one chunk, now. Idempotent: the chunk is named by its
+        content, so writing the same codes again (a task retried after a crash) rewrites the same file."""
+        if _meta_id(meta) != extractor_id:
+            raise ValueError("meta does not hash to extractor_id; build both with extractor_meta/extractor_id")
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or len(codes) != len(hashes):
+            raise ValueError(f"codes must be (len(hashes), D) = ({len(hashes)}, D), got {codes.shape}")
+        self._commit(extractor_id, meta, list(hashes), np.clip(codes, -_F16_MAX, _F16_MAX).astype(np.float16))
+
     def _commit(self, eid: str, meta: dict[str, Any], hashes: list[str], codes: np.ndarray) -> None:
         d = self.root / eid
         d.mkdir(parents=True, exist_ok=True)
         if not (d / "meta.json").exists():
             atomic_write(d / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
-        name = f"chunk-{uuid.uuid4().hex}.safetensors"
+        # Named by content: the same codes committed twice (a retried task) are one file, not two.
+        name = f"chunk-{hashlib.sha256(chr(10).join(hashes).encode()).hexdigest()[:32]}.safetensors"
         # C order: safetensors.numpy writes the raw buffer whatever the strides.
         codes = np.ascontiguousarray(codes)
         atomic_write(d / name, _st_save({"codes": codes}, metadata={"hashes": json.dumps(hashes)}))

@@ -21,12 +21,13 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeRemainingColumn)
 from rich.text import Text
+import torch
 from torch import nn
 
 from headstart.data import BatchLoader, DecodeFailure, EvalTransform
 from headstart.data.loader import warn_failures
 from headstart.engine import Engine, make_engine
-from headstart.engine.base import AUTO_BATCH_START, AutoBatchEngine
+from headstart.engine.base import AUTO_BATCH_START, AutoBatchEngine, precision_for, resolve_device
 from headstart.engine.codes import CodesModule
 from headstart.errors import ConfigError, HeadstartError, NonFiniteError
 from headstart.io import clean_stale_tmp, tmp_path_for
@@ -42,7 +43,8 @@ from headstart.models.base import Backbone
 __all__ = ["ExtractResult", "extract_codes"]
 
 _F16_MAX = float(np.finfo(np.float16).max)
-_HASH_BLOCK = 4096  # paths hashed per pool.map call: bounds the futures alive at once
+_HASH_BLOCK = 4096
+ENGINES = ("local", "ray")  # paths hashed per pool.map call: bounds the futures alive at once
 
 
 @dataclass
@@ -79,12 +81,22 @@ def extract_codes(
     chunk_size: int = 256,
     progress: bool = True,
     workers: int | None = None,
+    device: str | torch.device = "cpu",
+    engine: str = "local",
+    address: str | None = None,
 ) -> ExtractResult:
     """CNN codes of ``paths`` at each tap, from ``cache`` where possible; unreadable files go to ``failures``.
 
     ``batch_size=0`` (auto) starts at ``AUTO_BATCH_START`` and halves on out-of-memory errors; the size
     it settled on is ``ExtractResult.batch_size``. Non-finite codes (a broken engine or weights) raise
     ``NonFiniteError`` before they can reach the cache.
+
+    ``device``: where the network runs ("auto": a CUDA GPU if PyTorch sees one); on CUDA in bf16 autocast
+    (``precision_for``), whose codes are cached apart from fp32 ones.
+
+    ``engine="ray"``: the images missing from the cache are decoded and run on Ray Data (the cluster at
+    ``address``, or a local one), which commits their codes to the cache (``headstart.features.ray_extract``);
+    the result is the same as the local path's.
 
     With ``out_dir`` the codes are streamed into ``out_dir/codes_<tap>.npy`` (float16) and memory stays
     bounded by a chunk whatever the dataset size; ``write_codes`` then adds ``index.json``.
@@ -101,11 +113,24 @@ def extract_codes(
         if value < least:  # checked up front: a fully cached run would never reach the code that uses them
             raise ConfigError(f"{name}={value} is invalid; use a positive integer"
                               + (" (0: auto)" if least == 0 else ""))
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
     inputs = [Path(p) for p in paths]
+    dev = resolve_device(device)
     if cache is not None and backbone.weights_id == "random":
         # Random weights differ per instance: their codes must never be served to another run.
         warnings.warn(f"{backbone.name} has random weights; its codes are not cached", stacklevel=2)
         cache = None
+    if engine == "ray":
+        from headstart.features.ray_extract import compute_with_ray, ray_precision
+
+        if cache is None and out_dir is None:
+            why = " (codes of random weights are never cached)" if backbone.weights_id == "random" else ""
+            raise ConfigError(f"engine='ray' passes codes through a cache folder the workers write to: give a "
+                              f"cache (or out_dir){why}")
+        precision = ray_precision(address)
+    else:
+        precision = precision_for(dev)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +140,7 @@ def extract_codes(
         hashes, failures = _hash_files(inputs, workers, bar)
         ok = [i for i, h in enumerate(hashes) if h is not None]
         ok_hashes: list[str] = [hashes[i] for i in ok]  # type: ignore[misc]
-        ids = {t: extractor_id(backbone, t) for t in taps}
+        ids = {t: extractor_id(backbone, t, precision) for t in taps}
         dims = backbone.num_features
         mem = None if out is not None else {t: np.zeros((len(ok), dims[t]), np.float32) for t in taps}
         hit = np.full(len(ok), store is not None)
@@ -126,11 +151,20 @@ def extract_codes(
             todo.setdefault(ok_hashes[r], []).append(int(r))
         reps = [inputs[ok[rows[0]]] for rows in todo.values()]
 
-        with contextlib.ExitStack() as stack:
-            writers = {t: stack.enter_context(store.writer(ids[t], extractor_meta(backbone, t), chunk_size))
-                       for t in taps} if store is not None else {}
-            bad, used = _compute(reps, list(todo), todo, backbone, taps, writers=writers, mem=mem,
-                                 backend=backend, batch_size=batch_size, workers=workers, bar=bar)
+        if engine == "ray":
+            assert store is not None
+            used = batch_size or AUTO_BATCH_START
+            bad = compute_with_ray(reps, list(todo), backbone, taps, cache=store, backend=backend, batch_size=used,
+                                   address=address) if todo else {}
+            if mem is not None:  # the codes the workers committed, read back as a local run reads its own
+                _read_back(store, ids, [r for h, rs in todo.items() if h not in bad for r in rs], ok_hashes, mem)
+        else:
+            with contextlib.ExitStack() as stack:
+                writers = {t: stack.enter_context(store.writer(ids[t], extractor_meta(backbone, t, precision),
+                                                              chunk_size))
+                           for t in taps} if store is not None else {}
+                bad, used = _compute(reps, list(todo), todo, backbone, taps, writers=writers, mem=mem,
+                                     backend=backend, batch_size=batch_size, workers=workers, bar=bar, device=dev)
         for h, reason in bad.items():  # every copy of an undecodable file fails, not just the one tried
             failures += [DecodeFailure(inputs[ok[r]], reason) for r in todo[h]]
         keep = np.array([r for r in range(len(ok)) if ok_hashes[r] not in bad], dtype=np.int64)
@@ -154,7 +188,8 @@ def extract_codes(
 
 def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], backbone: Backbone,
              taps: list[str], *, writers: dict[str, CacheWriter], mem: dict[str, np.ndarray] | None, backend: str,
-             batch_size: int, workers: int | None, bar: Progress) -> tuple[dict[str, str], int]:
+             batch_size: int, workers: int | None, bar: Progress,
+             device: torch.device = torch.device("cpu")) -> tuple[dict[str, str], int]:
     """Decode and run ``paths`` (one per hash); store codes in ``writers`` and ``mem``.
 
     Returns hash → failure, and the batch size used (``batch_size``, or where auto (0) settled).
@@ -163,7 +198,7 @@ def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], b
         return {}, batch_size or AUTO_BATCH_START
     transform = EvalTransform(backbone.spec)
     size = backbone.spec.input_size
-    engine = _make_engine(CodesModule(backbone, taps), (3, size, size), backend)  # built once, only if needed
+    engine = _make_engine(CodesModule(backbone, taps), (3, size, size), backend, device)  # once, only if needed
     if batch_size == 0:
         engine = AutoBatchEngine(engine)
     loader = BatchLoader(paths, transform, batch_size=batch_size or AUTO_BATCH_START, workers=workers,
@@ -187,6 +222,18 @@ def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], b
     return {by_path[f.path]: f.reason for f in loader.failures}, used
 
 
+def _read_back(store: FeatureCache, ids: dict[str, str], rows: list[int], hashes: list[str],
+               mem: dict[str, np.ndarray]) -> None:
+    for t, eid in ids.items():
+        got = np.zeros((len(rows), mem[t].shape[1]), np.float32)
+        filled = store.read_into(eid, [hashes[r] for r in rows], got)
+        if not filled.all():
+            raise HeadstartError(f"Ray finished, but {int((~filled).sum())} codes are missing from the cache "
+                                 f"{store.root}: it must be a folder every Ray worker can write (a shared "
+                                 "filesystem on a cluster of several machines)")
+        mem[t][rows] = got
+
+
 def _check_finite(codes: np.ndarray, tap: str, paths: list[Path], engine: str) -> None:
     """NaN/inf codes come from a broken engine or weights, never from an image: stop before they are cached
     (where they would poison every later run) or fitted on."""
@@ -197,9 +244,10 @@ def _check_finite(codes: np.ndarray, tap: str, paths: list[Path], engine: str) -
                              "try --backend torch, or reinstall the model weights")
 
 
-def _make_engine(module: nn.Module, input_shape: tuple[int, int, int], backend: str) -> Engine:
+def _make_engine(module: nn.Module, input_shape: tuple[int, int, int], backend: str,
+                 device: torch.device = torch.device("cpu")) -> Engine:
     """The one place the engine is built (tests wrap it to slow extraction down)."""
-    return make_engine(module, input_shape, backend=backend)
+    return make_engine(module, input_shape, backend=backend, device=device, precision=precision_for(device))
 
 
 def _hash_files(paths: list[Path], workers: int | None, bar: Progress) -> tuple[list[str | None], list[DecodeFailure]]:

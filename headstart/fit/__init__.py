@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headstart.config import FitConfig
+from headstart.errors import ConfigError
+
+if TYPE_CHECKING:
+    from headstart.train.distributed import Dist
 
 
 def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrite: bool = False,
@@ -27,38 +31,60 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
     writer at a time (a second process gets one line naming the first's PID); a folder holding another
     run is refused unless ``overwrite``, which clears it first.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) fine-tuning runs data-parallel: every process joins the process
+    group, rank 0 holds the lock, writes the run and returns the metrics; the other ranks return ``{}``
+    (see ``headstart.train.distributed``).
+
         fit(FitConfig(out="runs/a", data=DataConfig(path="photos")), progress=False)["test"]["accuracy"]  # e.g. 0.93
     """
     cfg = cfg.validate()
     from headstart.evaluate.report import summary_text
-    from headstart.fit.rundir import (
-        RunDir,
-        check_output_places,
-        claim_run_dir,
-        seal_run,
-    )
+    from headstart.fit.rundir import RunDir, check_output_places, claim_run_dir, seal_run
     from headstart.io import lock_dir, new_run_id
+    from headstart.train.distributed import barrier, env_world_size, joined
 
-    check_output_places(cfg)
-    with lock_dir(cfg.out):
-        claim_run_dir(cfg, overwrite=overwrite, resume=resume)
-        if cfg.strategy == "auto":
-            from headstart.fit.auto import fit_auto
+    if env_world_size() > 1 and cfg.strategy != "finetune":
+        raise ConfigError(f"under torchrun only fine-tuning runs data-parallel, and --strategy is {cfg.strategy}; "
+                          "pass --strategy finetune, or run the linear and auto strategies as one process "
+                          "(headstart fit DATA)")
+    with joined() as d:
+        if not d.is_main:
+            return _follow(cfg, d, resume=resume)
+        check_output_places(cfg)
+        with lock_dir(cfg.out):
+            claim_run_dir(cfg, overwrite=overwrite, resume=resume)
+            barrier(d)  # torchrun's other processes start once cfg.out is this run's
+            if cfg.strategy == "auto":
+                from headstart.fit.auto import fit_auto
 
-            metrics = fit_auto(cfg, progress=progress, resume=resume)
-        elif cfg.strategy == "finetune":
-            from headstart.fit.finetune import fit_finetune
+                metrics = fit_auto(cfg, progress=progress, resume=resume)
+            elif cfg.strategy == "finetune":
+                from headstart.fit.finetune import fit_finetune
 
-            metrics = fit_finetune(cfg, progress=progress, resume=resume, on_epoch_end=on_epoch_end)
-        else:
-            from headstart.fit.linear import fit_linear
+                metrics = fit_finetune(cfg, progress=progress, resume=resume, on_epoch_end=on_epoch_end)
+            else:
+                from headstart.fit.linear import fit_linear
 
-            metrics = fit_linear(cfg, progress=progress)
-        RunDir(cfg.out).write_text("summary.txt", summary_text(metrics, cfg.out) + "\n")
-        if report and os.environ.get("HEADSTART_REPORT", "1") != "0":
-            _report(cfg.out)
-        seal_run(cfg.out, new_run_id())
+                metrics = fit_linear(cfg, progress=progress)
+            RunDir(cfg.out).write_text("summary.txt", summary_text(metrics, cfg.out) + "\n")
+            if report and os.environ.get("HEADSTART_REPORT", "1") != "0":
+                _report(cfg.out)
+            seal_run(cfg.out, new_run_id())
     return metrics
+
+
+def _follow(cfg: FitConfig, d: Dist, *, resume: bool) -> dict[str, Any]:
+    """A torchrun process other than rank 0: once rank 0 has claimed ``cfg.out``, train its share of every
+    batch, quietly (rank 0 reports; W copies of each warning help nobody), and write nothing."""
+    import warnings
+
+    from headstart.fit.finetune import fit_finetune
+    from headstart.train.distributed import barrier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        barrier(d)
+        return fit_finetune(cfg, progress=False, resume=resume)
 
 
 def _report(out: str) -> None:

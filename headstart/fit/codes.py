@@ -8,6 +8,7 @@ fine-tuning probe's features and the check that every file decodes).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from headstart.fit.checks import (
 )
 from headstart.fit.layers import Layer
 from headstart.models import POOLED, Backbone
+from headstart.train.distributed import Dist, barrier
 
 __all__ = ["SPLIT_IDS", "Codes", "extract_dataset"]
 
@@ -60,13 +62,23 @@ class Codes:
 
 
 def extract_dataset(ds: ImageFolder, backbone: Backbone, taps: list[str], cfg: FitConfig, *,
-                    progress: bool = True) -> Codes:
+                    progress: bool = True, dist: Dist = Dist()) -> Codes:
     """The ``taps`` codes of every split's images (cached), with labels and split ids; undecodable files are
-    left out (listed in ``failures``), and a split without training images for some class is an error."""
+    left out (listed in ``failures``), and a split without training images for some class is an error.
+    Under torchrun (``dist``) each process first computes its share into the cache; all then read them all."""
     samples = [(s, SPLIT_IDS[name]) for name, items in ds.splits.items() for s in items]
     cache = FeatureCache(Path(cfg.engine.cache_dir) if cfg.engine.cache_dir else default_cache_dir())
+    if dist.enabled:
+        with warnings.catch_warnings():  # the full pass below reports skipped files, once
+            warnings.simplefilter("ignore")
+            extract_codes([s.path for s, _ in samples[dist.rank::dist.world]], backbone, taps, cache=cache,
+                          backend=cfg.engine.backend, batch_size=cfg.engine.batch_size, progress=False,
+                          device=cfg.engine.device, engine=cfg.engine.extract_engine,
+                          address=cfg.engine.ray_address or None)
+        barrier(dist)
     res = extract_codes([s.path for s, _ in samples], backbone, taps, cache=cache, backend=cfg.engine.backend,
-                        batch_size=cfg.engine.batch_size, progress=progress)
+                        batch_size=cfg.engine.batch_size, progress=progress, device=cfg.engine.device,
+                        engine=cfg.engine.extract_engine, address=cfg.engine.ray_address or None)
     labels = np.array([s.label for s, _ in samples])[res.index]
     split = np.array([k for _, k in samples])[res.index]
     require_training_images(ds.classes, labels, split)

@@ -32,6 +32,7 @@ from headstart.fit.rundir import start_run
 from headstart.models import POOLED, Backbone, create_model
 from headstart.train import ImageSet, TrainResult, clone_state, cycle_ends, evaluate, train
 from headstart.train.checkpoint import save_tensors
+from headstart.train.distributed import broadcast_state, current
 from headstart.train.wise import interpolate
 
 # What fine-tuning trains with when --batch-size is auto (0): the batch size changes the optimisation
@@ -56,13 +57,14 @@ def probe_head(model: Backbone, codes: Codes, cfg: FitConfig, classes: list[str]
     return {"C": C}
 
 
-def wise_start(model: Backbone, run_dir: Path, *, resume: bool) -> dict[str, torch.Tensor]:
+def wise_start(model: Backbone, run_dir: Path, *, resume: bool, write: bool = True) -> dict[str, torch.Tensor]:
     """WiSE-FT's other end: the model as fine-tuning starts (pretrained + new head). The head is stored in
-    the run, and a resumed run mixes with the stored one, even if the probe would now come out otherwise."""
+    the run (when ``write``), and a resumed run mixes with the stored one, even if the probe would now come
+    out otherwise."""
     start, file = clone_state(model), run_dir / "wise_start_head.safetensors"
     if resume and file.is_file():
         start.update(load_file(str(file)))
-    else:
+    elif write:
         save_tensors(file, {k: v for k, v in start.items() if k.startswith("classifier.")})
     return start
 
@@ -97,21 +99,25 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
     """Run the whole fine-tuning strategy; writes RUN_DIR (curves, checkpoints, bundle, metrics.json) and
     returns the metrics dict. Its test figure is computed from the saved bundle, as `headstart evaluate` does.
     ``on_epoch_end(row)`` sees each epoch's curves row (``fit --strategy auto`` shows progress and keeps its
-    budget with it: a returned string stops training there)."""
+    budget with it: a returned string stops training there).
+
+    Under torchrun every process trains its share of each batch (``headstart.train.distributed``); rank 0
+    writes the run and returns the metrics, the others return ``{}`` once training ends."""
     cfg = cfg.validate()
-    ft = cfg.finetune
-    run, ds = start_run(cfg)
+    ft, d = cfg.finetune, current()
+    run, ds = start_run(cfg, writer=d.is_main)
     model = create_model(cfg.model, drop_rate=ft.dropout, drop_path_rate=ft.drop_path)
     t0 = time.perf_counter()
     # The pooled codes of every split, computed once (and cached): the probe's features, and the check of
     # every file, so that undecodable files are dropped up front: listed once, excluded from the counts.
-    codes = extract_dataset(ds, model, [POOLED], cfg, progress=progress)
+    codes = extract_dataset(ds, model, [POOLED], cfg, progress=progress, dist=d)
     skipped = {f.path for f in codes.failures}
     splits = {name: [s for s in items if s.path not in skipped] for name, items in ds.splits.items()}
     probe = probe_head(model, codes, cfg, ds.classes) if ft.head_init == "probe" else {}
     if ft.head_init == "random":
         model.reset_classifier(len(ds.classes), seed=cfg.data.seed)
-    start = wise_start(model, run.path, resume=resume) if ft.wise_ft < 1.0 else None  # the LP-FT start
+    broadcast_state(model, d)  # one start for every process: rank 0's head
+    start = wise_start(model, run.path, resume=resume, write=d.is_main) if ft.wise_ft < 1.0 else None
     if start is not None and not ft.freeze_bn:
         warnings.warn("--wise-ft with BatchNorm statistics trained (--no-freeze-bn): the mixed network gets the "
                       "average of both ends' running statistics, an approximation of its own", stacklevel=2)
@@ -137,8 +143,10 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
                    ema_warmup=ft.ema_warmup, patience=ft.patience,
                    snapshot_epochs=cycle_ends(ft.schedule, ft.epochs) if ft.snapshots else (),
                    seed=cfg.data.seed, run_dir=run.path, resume=resume, batch_size=batch_size,
-                   backend=cfg.engine.backend, on_epoch_end=on_epoch_end)
+                   backend=cfg.engine.backend, device=cfg.engine.device, on_epoch_end=on_epoch_end)
     train_s = time.perf_counter() - t0
+    if not d.is_main:
+        return {}
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
     if val_set is not None:
         val = {"accuracy": best["val_acc"], "loss": best["val_loss"],
@@ -177,7 +185,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
         "val": val, **({"wise_ft": wise} if wise else {}), "reject": reject,
         "test": classification_metrics(labels, probs, ds.classes) | {
             "tta": ft.tta, "snapshots": 1 + len(members) if ft.snapshots else 0},
-        "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
+        "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "processes": d.world,
                      "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
         "skipped_files": codes.skipped_files(),
         "left_out_files": [str(p) for p in ds.left_out],  # not images: never read

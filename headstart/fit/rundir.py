@@ -31,11 +31,13 @@ class RunDir:
     """Every file is written to a temp file, fsynced and renamed into place: a kill or a full disk leaves
     the previous version or the new one, never a truncated file (``--resume`` reads config.toml back)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, writer: bool = True) -> None:
         self.path = Path(path)
         self.cautions: list[str] = []  # findings about the data worth repeating in the report
-        self.path.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(self.path)  # temp files of a writer that was killed
+        self.writer = writer  # False: another process (rank 0 under torchrun) writes this run; writes are skipped
+        if writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+            clean_stale_tmp(self.path)  # temp files of a writer that was killed
 
     @property
     def bundle(self) -> Path:
@@ -49,7 +51,8 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> Path:
         dest = self.path / name
-        atomic_write(dest, text.encode("utf-8", "surrogateescape"))
+        if self.writer:
+            atomic_write(dest, text.encode("utf-8", "surrogateescape"))
         return dest
 
 
@@ -71,13 +74,14 @@ def open_dataset(cfg: FitConfig) -> ImageFolder:
                        seed=cfg.data.seed)
 
 
-def start_run(cfg: FitConfig) -> tuple[RunDir, ImageFolder]:
+def start_run(cfg: FitConfig, *, writer: bool = True) -> tuple[RunDir, ImageFolder]:
     """What every strategy does first: the run directory with the resolved config, and the dataset with
     its splits, recorded as ``splits.json`` so the run can be audited and reproduced. Dataset checks that
     need no decoding run here too; their findings go to ``run.cautions`` (for metrics.json). A dataset that
-    cannot be used (missing, a class with too few images for the folds) is refused before RUN_DIR is made."""
+    cannot be used (missing, a class with too few images for the folds) is refused before RUN_DIR is made.
+    ``writer=False``: another process writes the run (see ``RunDir``)."""
     ds = checked_dataset(cfg)
-    run = RunDir(cfg.out)
+    run = RunDir(cfg.out, writer=writer)
     run.write_config(cfg)
     run.write_json("splits.json", ds.to_dict())
     if cue := size_cue(ds.splits.get("train", []), ds.classes, seed=cfg.data.seed):

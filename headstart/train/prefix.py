@@ -27,7 +27,7 @@ from headstart.data.augment import AugmentConfig, PcaLighting, TrainTransform
 from headstart.data.folder import Sample
 from headstart.data.loader import BatchLoader
 from headstart.data.transforms import EvalTransform
-from headstart.engine import make_engine
+from headstart.engine import make_engine, precision_for
 from headstart.engine.onnx_export import module_fingerprint
 from headstart.errors import DatasetError
 from headstart.models.base import Backbone
@@ -111,7 +111,8 @@ class PrefixRunner:
         self.identity = len(prefix) == 0 if isinstance(prefix, nn.Sequential) else False
         self.fingerprint = "identity" if self.identity else module_fingerprint(prefix)
         self.engine = None if self.identity else make_engine(copy.deepcopy(prefix).eval(), input_shape,
-                                                             backend=backend, device=device)
+                                                             backend=backend, device=device,
+                                                             precision=precision_for(device))
         self.name = "identity" if self.engine is None else self.engine.name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -1,0 +1,93 @@
+"""Extraction on Ray Data, on a local cluster (ray.init(num_cpus=2), started once for this module): the same codes
+as the single-process path, a rerun computes nothing, and a worker killed mid-batch is replaced, its batch retried
+and the cache completed."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import run_cli
+from conftest import make_class_folder
+
+from headstart.features import FeatureCache, extract_codes
+from headstart.models import POOLED, create_model
+from headstart.models.tiny import TinyNet
+
+ray = pytest.importorskip("ray")  # the ray extra (make test installs it)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> object:
+    ray.shutdown()  # a cluster an earlier test's `--engine ray` started in this process: start a known one
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Workers unpickle the test's own backbone class by value (they cannot import this test module).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = make_class_folder(tmp_path_factory.mktemp("ray") / "data", n_per_class=20)
+    (root / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return sorted(root.rglob("*.*"))
+
+
+class CrashOnce(TinyNet):
+    """tiny_test, except that the first process to run it dies (as a preempted or OOM-killed worker does)."""
+
+    marker: str = ""
+
+    def forward_taps(self, x, names):  # noqa: ANN001, ANN201
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os._exit(1)
+        return super().forward_taps(x, names)
+
+
+def test_ray_codes_equal_the_local_ones_and_a_rerun_computes_nothing(paths: list[Path], tmp_path: Path) -> None:
+    model, taps = create_model("tiny_test"), [POOLED, "stage1"]
+    local = extract_codes(paths, model, taps, cache=FeatureCache(tmp_path / "a"), progress=False, backend="torch")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        on_ray = extract_codes(paths, model, taps, cache=FeatureCache(tmp_path / "b"), progress=False,
+                               backend="torch", batch_size=8, engine="ray")
+    assert on_ray.n_computed == len(paths) - 1 and [f.path.name for f in on_ray.failures] == ["broken.jpg"]
+    assert on_ray.paths == local.paths
+    for t in taps:
+        np.testing.assert_array_equal(on_ray.codes[t], local.codes[t])
+    again = extract_codes(paths, model, taps, cache=FeatureCache(tmp_path / "b"), progress=False, engine="ray")
+    assert again.n_computed == 0 and again.n_cached == len(paths) - 1
+
+
+def test_a_worker_killed_mid_way_is_retried_and_the_cache_completes(paths: list[Path], tmp_path: Path) -> None:
+    model = CrashOnce()
+    model.marker = str(tmp_path / "crashed")
+    res = extract_codes(paths, model, [POOLED], cache=FeatureCache(tmp_path / "c"), progress=False, backend="torch",
+                        batch_size=8, engine="ray")
+    assert Path(model.marker).exists()  # a worker did die
+    assert res.n_computed == len(paths) - 1
+    reference = extract_codes(paths, create_model("tiny_test"), [POOLED], cache=None, progress=False, backend="torch")
+    np.testing.assert_array_equal(res.codes[POOLED], reference.codes[POOLED])
+    chunks = list((tmp_path / "c").rglob("chunk-*.safetensors"))
+    hashes = [h for c in chunks for h in json.loads(__import__("safetensors").safe_open(c, "np").metadata()["hashes"])]
+    assert len(hashes) == len(set(hashes)) == len(paths) - 1  # the retried batch was not stored twice
+
+
+def test_extract_command_with_engine_ray(paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
+    data = paths[0].parent.parent
+    code, out, err = run_cli(capsys, monkeypatch, "extract", str(data), "--out", str(tmp_path / "ray"), "--model",
+                             "tiny_test", "--engine", "ray", "--backend", "torch", "-q")
+    assert code == 0, err
+    assert "40 computed" in out
+    code, out, err = run_cli(capsys, monkeypatch, "extract", str(data), "--out", str(tmp_path / "local"), "--model",
+                             "tiny_test", "--backend", "torch", "-q")
+    assert code == 0 and "40 from cache" in out  # the cache Ray filled serves the local path
+    np.testing.assert_array_equal(np.load(tmp_path / "ray" / "codes_pooled.npy"),
+                                  np.load(tmp_path / "local" / "codes_pooled.npy"))
