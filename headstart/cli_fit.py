@@ -156,9 +156,9 @@ def fit_config(config: Path | None, overrides: dict[str, Any], *, default_out: b
     merged = deep_update(load_toml(config) if config else {}, overrides)
     path = merged.get("data", {}).get("path")
     if default_out and merged.get("out", "") == "" and isinstance(path, str) and path:
-        from headstart.train.distributed import env_world_size
+        from headstart.train.distributed import launched
 
-        if env_world_size() > 1:  # each process would read its own clock
+        if launched():  # each process would read its own clock
             raise ConfigError("under torchrun every process must write into one run directory: give --out")
         merged["out"] = default_run_dir(path)
     return from_dict(FitConfig, merged).validate()

@@ -161,7 +161,8 @@ def test_torchrun_fit_writes_one_run(root: Path, tmp_path: Path) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "R" / "metrics.json").read_text())
-    assert metrics["training"]["processes"] == 2 and metrics["training"]["epochs_run"] == 2
+    assert metrics["training"]["processes"] == 2 and metrics["training"]["process_group"] == "gloo"
+    assert metrics["training"]["epochs_run"] == 2
     assert (tmp_path / "R" / "run.json").is_file()  # sealed: a complete run
     assert proc.stdout.count("TEST accuracy") == 1  # one summary: rank 0's
 
@@ -174,6 +175,7 @@ def test_torchrun_needs_an_out_folder(monkeypatch: pytest.MonkeyPatch, tmp_path:
     from headstart.cli_fit import config_from_argv
     from headstart.errors import ConfigError
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    for k, v in dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500").items():
+        monkeypatch.setenv(k, v)  # as torchrun sets them
     with pytest.raises(ConfigError, match="give --out"):
         config_from_argv([str(tmp_path)])

@@ -31,7 +31,7 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
     writer at a time (a second process gets one line naming the first's PID); a folder holding another
     run is refused unless ``overwrite``, which clears it first.
 
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) fine-tuning runs data-parallel: every process joins the process
+    Under ``torchrun`` fine-tuning runs data-parallel: every process joins the process
     group, rank 0 holds the lock, writes the run and returns the metrics; the other ranks return ``{}``
     (see ``headstart.train.distributed``).
 
@@ -41,9 +41,9 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
     from headstart.evaluate.report import summary_text
     from headstart.fit.rundir import RunDir, check_output_places, claim_run_dir, seal_run
     from headstart.io import lock_dir, new_run_id
-    from headstart.train.distributed import barrier, env_world_size, joined
+    from headstart.train.distributed import barrier, joined, launched
 
-    if env_world_size() > 1 and cfg.strategy != "finetune":
+    if launched() and cfg.strategy != "finetune":
         raise ConfigError(f"under torchrun only fine-tuning runs data-parallel, and --strategy is {cfg.strategy}; "
                           "pass --strategy finetune, or run the linear and auto strategies as one process "
                           "(headstart fit DATA)")

@@ -186,6 +186,7 @@ def fit_finetune(cfg: FitConfig, *, progress: bool = True, resume: bool = False,
         "test": classification_metrics(labels, probs, ds.classes) | {
             "tta": ft.tta, "snapshots": 1 + len(members) if ft.snapshots else 0},
         "training": {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "processes": d.world,
+                     "process_group": d.backend,
                      "stop_reason": result.stop_reason, "feed": result.feed, "diagnosis": diagnose(result.history)},
         "skipped_files": codes.skipped_files(),
         "left_out_files": [str(p) for p in ds.left_out],  # not images: never read

@@ -33,7 +33,7 @@ from torch.utils.data import DistributedSampler
 
 from headstart.errors import ConfigError
 
-__all__ = ["Dist", "barrier", "broadcast_state", "check_batch", "current", "deal", "env_world_size", "joined", "pick",
+__all__ = ["Dist", "barrier", "broadcast_state", "check_batch", "current", "deal", "joined", "launched", "pick",
            "sum_across", "train_shard"]
 
 # How long a process waits for the others at a collective. Rank 0 alone evaluates the test split and writes
@@ -48,10 +48,18 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    grouped: bool = False  # in a process group (launched by torchrun), even of one process
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        """Whether the collectives run: under torchrun, also with one process (a single-GPU NCCL smoke test
+        runs the very code several GPUs run)."""
+        return self.grouped
+
+    @property
+    def backend(self) -> str | None:
+        """The process group's backend (nccl, gloo), None outside one."""
+        return str(tdist.get_backend()) if self.grouped else None
 
     @property
     def is_main(self) -> bool:
@@ -59,19 +67,16 @@ class Dist:
         return self.rank == 0
 
 
-def env_world_size() -> int:
-    """The number of processes torchrun started (1 outside torchrun)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher that sets the env:// variables)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def current() -> Dist:
     """This process's place, from the process group if one is joined (else a single process)."""
     if not (tdist.is_available() and tdist.is_initialized()):
         return Dist()
-    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), grouped=True)
 
 
 @contextlib.contextmanager
@@ -79,7 +84,7 @@ def joined(device: str = "auto") -> Iterator[Dist]:
     """Join torchrun's process group for the duration (a no-op outside torchrun, or when the caller joined one).
 
     NCCL when CUDA is used (each process on GPU ``LOCAL_RANK``), gloo otherwise."""
-    if env_world_size() <= 1 or (tdist.is_available() and tdist.is_initialized()):
+    if not launched() or (tdist.is_available() and tdist.is_initialized()):
         yield current()
         return
     if not tdist.is_available():
@@ -112,7 +117,7 @@ def train_shard(order: np.ndarray, d: Dist) -> np.ndarray:
     """This process's part of the epoch ``order``: padded to a multiple of the world size by repeating its
     start, then dealt out (``DistributedSampler`` semantics), so the W per-process batches of step j are
     together the global batch j of the order."""
-    if not d.enabled:
+    if d.world == 1:
         return order
     sampler = DistributedSampler(range(len(order)), num_replicas=d.world, rank=d.rank, shuffle=False)
     return np.asarray(order)[np.fromiter(iter(sampler), dtype=np.int64)]
