@@ -58,16 +58,18 @@ def bench_command(
 def _table(rows: list) -> object:  # noqa: ANN001 - rows: list[BenchRow]
     from rich.table import Table
 
-    ks = list(rows[0].finetune_img_s) if rows else []
-    table = Table(title="headstart bench: ms per batch, images/s", caption="extract: the engine named; "
-                  "FT K=k: fine-tuning steps, first k stages frozen; speed-up: FT K=0 over the CPU row")
+    ks = list(dict.fromkeys(k for r in rows for k in r.finetune_img_s))  # K is capped per backbone
+    table = Table(title="headstart bench: ms per batch, images/s", caption="extract: fp32, the engine named; "
+                  "FT K=k: fine-tuning steps, first k stages frozen, in the precision shown; speed-up: FT K=0 over "
+                  "the CPU row")
     cols = ("model", "device", "batch", "fwd ms", "train ms", "extract/s", *(f"FT {k}/s" for k in ks), "speed-up",
             "JPEG e2e/s")
     for col in cols:
         table.add_column(col, justify="left" if col in ("model", "device") else "right")
     for r in rows:
+        ft = (f"{r.finetune_img_s[k]:.1f}" if k in r.finetune_img_s else "-" for k in ks)
         table.add_row(r.model.removeprefix("efficientnet_"), f"{r.device} {r.precision}", str(r.batch_size),
-                      f"{r.forward_ms:.0f}", f"{r.train_ms:.0f}", f"{r.extract_img_s:.0f} {r.engine}",
-                      *(f"{r.finetune_img_s[k]:.1f}" for k in ks), f"{r.speedup:.1f}x" if r.speedup else "-",
+                      f"{r.forward_ms:.0f}", f"{r.train_ms:.0f}", f"{r.extract_img_s:.0f} {r.engine}", *ft,
+                      f"{r.speedup:.1f}x" if r.speedup else "-",
                       f"{r.end_to_end_img_s:.0f}" if r.end_to_end_img_s else "-")
     return table

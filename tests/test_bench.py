@@ -77,18 +77,14 @@ def test_a_fast_cpu_engine_refuses_bf16() -> None:
                     precision="bf16")
 
 
-def test_codes_of_another_precision_are_never_served_from_fp32_entries(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import headstart.features.extract as ex
-
+def test_codes_of_another_precision_are_never_served_from_fp32_entries(tmp_path: Path) -> None:
     images = make_class_folder(tmp_path / "img", n_per_class=3)
     paths, cache = sorted(images.rglob("*.png")), FeatureCache(tmp_path / "cache")
     model = create_model("tiny_test", pretrained=False)
     model.weights_id = "fixed-for-the-test"  # cacheable (random weights are not cached)
     fp32 = extract_codes(paths, model, [POOLED], cache=cache, progress=False, backend="torch")
-    monkeypatch.setattr(ex, "precision_for", lambda device: "bf16")  # as on a CUDA machine
-    bf16 = extract_codes(paths, model, [POOLED], cache=cache, progress=False, backend="torch")
+    bf16 = extract_codes(paths, model, [POOLED], cache=cache, progress=False, backend="torch", precision="bf16")
     assert fp32.n_computed == len(paths) and bf16.n_cached == 0 and bf16.n_computed == len(paths)
-    again = extract_codes(paths, model, [POOLED], cache=cache, progress=False, backend="torch")
+    again = extract_codes(paths, model, [POOLED], cache=cache, progress=False, backend="torch", precision="bf16")
     assert again.n_cached == len(paths)
     np.testing.assert_array_equal(again.codes[POOLED], bf16.codes[POOLED])

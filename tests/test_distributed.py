@@ -24,8 +24,8 @@ from headstart.train import ImageSet, train
 from headstart.train.distributed import Dist, deal, train_shard
 
 WORLD = 2
-# BN statistics fixed (a process's batch statistics differ from the global batch's); no dropout (its masks
-# are drawn per process); float32 prefix features: the same inputs in both runs.
+# BN statistics fixed (a process's batch statistics differ from the global batch's); no dropout (each process
+# draws its own masks, one process draws others); float32 prefix features: the same inputs in both runs.
 SETTINGS = dict(freeze=1, freeze_bn=True, batch_size=8, backend="torch", device="cpu", workers=1,
                 cache_dtype=np.float32, seed=3)
 
@@ -45,7 +45,8 @@ def _model() -> torch.nn.Module:
     return create_model("tiny_test", num_classes=3)
 
 
-def _worker(rank: int, port: int, root: str, out: str, run_dir: str | None, epochs: int, kill_after: int) -> None:
+def _worker(rank: int, port: int, root: str, out: str, run_dir: str | None, epochs: int, kill_after: int,
+            stop_after: int) -> None:
     """One process of the job, started as torchrun would: the environment says who it is."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), HEADSTART_CACHE=str(Path(out) / "hs-cache"))
@@ -70,26 +71,30 @@ def _worker(rank: int, port: int, root: str, out: str, run_dir: str | None, epoc
     tr, va = _sets(Path(root))
     model = _model()
 
-    def stop(row: dict) -> None:
-        if row["epoch"] == kill_after:
+    def stop(row: dict) -> str | None:
+        if row["epoch"] == kill_after:  # every process dies here, as under a kill
             raise _Killed
+        # Only rank 0's clock says the budget is spent (as auto's budget does): the others must stop too.
+        return "budget spent" if rank == 0 and row["epoch"] == stop_after else None
 
-    with joined():
+    with joined("cpu"):
         try:
             res = train(model, tr, va, epochs=epochs, run_dir=run_dir, on_epoch_end=stop, **SETTINGS)
-            history = res.history
+            history, reason = res.history, res.stop_reason
         except _Killed:
-            history = []
+            history, reason = [], "killed"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(out) / f"rank{rank}.safetensors"))
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"history": history, "writes": writes}))
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"history": history, "writes": writes,
+                                                             "stop_reason": reason}))
 
 
-def _spawn(tmp: Path, root: Path, run_dir: Path | None = None, epochs: int = 2, kill_after: int = 0) -> list[dict]:
+def _spawn(tmp: Path, root: Path, run_dir: Path | None = None, epochs: int = 2, kill_after: int = 0,
+           stop_after: int = 0) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(root), str(tmp), str(run_dir) if run_dir else None, epochs, kill_after),
-             nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(port, str(root), str(tmp), str(run_dir) if run_dir else None, epochs, kill_after,
+                            stop_after), nprocs=WORLD, join=True)
     return [json.loads((tmp / f"rank{r}.json").read_text()) | {"state": load_file(str(tmp / f"rank{r}.safetensors"))}
             for r in range(WORLD)]
 
@@ -150,6 +155,12 @@ def test_a_two_process_checkpoint_resumes_in_one_process(root: Path, tmp_path: P
     for k, v in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-5, rtol=1e-4, msg=k)
     assert [h["val_loss"] for h in res.history] == pytest.approx([h["val_loss"] for h in ref.history], abs=1e-5)
+
+
+def test_rank_zeros_stop_decision_stops_every_process(root: Path, tmp_path: Path) -> None:
+    ranks = _spawn(tmp_path, root, epochs=4, stop_after=2)  # returns instead of hanging in a collective
+    assert [len(r["history"]) for r in ranks] == [2, 2]
+    assert [r["stop_reason"] for r in ranks] == ["budget spent", "budget spent"]
 
 
 def test_torchrun_fit_writes_one_run(root: Path, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path: Path) -> None:
     steps = json.loads(out.read_text())["steps"]
     assert list(steps) == ["bench", "finetune", "agreement", "nccl"] and all(s["ok"] for s in steps.values())
     assert steps["bench"]["rows"][0]["device"] == "cpu"
-    assert steps["agreement"]["cosine_min"] >= 0.99 and steps["agreement"]["max_abs_diff"] > 0  # bf16 vs fp32
+    agree = steps["agreement"]
+    assert agree["bf16"]["cosine_min"] >= 0.99 and agree["bf16"]["max_abs_diff"] > 0  # another precision
+    assert agree["fp32"]["max_abs_diff"] == 0  # the same engine on the same device
     assert steps["nccl"]["processes"] == 1 and steps["nccl"]["backend"] == "gloo"  # a real process group
     assert steps["finetune"]["device"] == "cpu" and 0 <= steps["finetune"]["test_accuracy"] <= 1

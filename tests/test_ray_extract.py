@@ -78,6 +78,21 @@ def test_a_worker_killed_mid_way_is_retried_and_the_cache_completes(paths: list[
     assert len(hashes) == len(set(hashes)) == len(paths) - 1  # the retried batch was not stored twice
 
 
+def test_committing_the_same_chunk_twice_leaves_one_file(tmp_path: Path) -> None:
+    """What makes a retried Ray batch harmless: a chunk is named by its content and written once."""
+    from headstart.features.cache import extractor_id, extractor_meta
+
+    model, cache = create_model("tiny_test"), FeatureCache(tmp_path)
+    eid, meta = extractor_id(model, POOLED), extractor_meta(model, POOLED)
+    codes = np.random.default_rng(0).standard_normal((3, model.num_features[POOLED])).astype(np.float32)
+    cache.commit_chunk(eid, meta, ["h1", "h2", "h3"], codes)
+    first = next((tmp_path / eid).glob("chunk-*.safetensors")).stat().st_mtime_ns
+    FeatureCache(tmp_path).commit_chunk(eid, meta, ["h1", "h2", "h3"], codes)  # a retry, in another process
+    (chunk,) = (tmp_path / eid).glob("chunk-*.safetensors")
+    assert chunk.stat().st_mtime_ns == first  # not rewritten under a reader
+    np.testing.assert_allclose(FeatureCache(tmp_path).lookup(eid, ["h2"])["h2"], codes[1], atol=1e-2)
+
+
 def test_extract_command_with_engine_ray(paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))

@@ -6,6 +6,7 @@ outputs are those of the wrapped module's ``forward`` in float32. Engines are bu
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Protocol
 
@@ -35,8 +36,8 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def precision_for(device: str | torch.device) -> str:
-    """What headstart runs frozen networks in on ``device``: bf16 autocast on CUDA (the GPU fast path; its codes
-    keep a cosine similarity >= 0.99 to fp32's), fp32 elsewhere (the CPU engines are fp32)."""
+    """What fine-tuning runs on ``device`` in (the frozen prefix and the training steps): bf16 autocast on CUDA
+    (the GPU fast path), fp32 elsewhere. Codes that a head is fitted on stay fp32 (``extract_codes``)."""
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
@@ -64,10 +65,19 @@ class TorchEngine:
         x = x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"), \
+                _no_tf32(self.device.type == "cuda" and self.precision == "fp32"):
             out = self.module(x)
         outs = out if isinstance(out, tuple) else (out,)
         return tuple(o.float().cpu().numpy() for o in outs)
+
+
+def _no_tf32(on: bool) -> contextlib.AbstractContextManager:
+    """fp32 on a GPU means fp32: cuDNN would otherwise run convolutions in TF32 (10-bit mantissa)."""
+    if not on:
+        return contextlib.nullcontext()
+    c = torch.backends.cudnn
+    return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=False)
 
 
 AUTO_BATCH_START = 64  # where --batch-size auto starts; halved on each out-of-memory error

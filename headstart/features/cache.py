@@ -215,11 +215,13 @@ class FeatureCache:
         d.mkdir(parents=True, exist_ok=True)
         if not (d / "meta.json").exists():
             atomic_write(d / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
-        # Named by content: the same codes committed twice (a retried task) are one file, not two.
+        # Named by content: the same codes committed twice (a retried task) are one file, not two; the second
+        # write is skipped, so a reader never meets a chunk replaced under it (ESTALE on NFS).
         name = f"chunk-{hashlib.sha256(chr(10).join(hashes).encode()).hexdigest()[:32]}.safetensors"
         # C order: safetensors.numpy writes the raw buffer whatever the strides.
         codes = np.ascontiguousarray(codes)
-        atomic_write(d / name, _st_save({"codes": codes}, metadata={"hashes": json.dumps(hashes)}))
+        if not (d / name).exists():
+            atomic_write(d / name, _st_save({"codes": codes}, metadata={"hashes": json.dumps(hashes)}))
         # Make our own commit visible to this process at once (the extractor reads back what it wrote);
         # no directory scan here: that would cost O(chunks) per commit.
         self._seen.setdefault(eid, set()).add(name)

@@ -21,7 +21,7 @@ from headstart.models import Backbone, create_model
 
 def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str = "auto", batch_size: int = 32,
                 cache_dir: Path | None = None, seed: int = 0, progress: bool = True, engine: str = "local",
-                address: str | None = None) -> str:
+                address: str | None = None, device: str = "cpu", precision: str = "fp32") -> str:
     """Extract and write codes; a labelled folder records labels and splits, a plain folder only paths.
 
     ``batch_size`` 0 is auto (halved on out-of-memory). A folder with two or more subfolders is labelled:
@@ -36,11 +36,13 @@ def run_extract(data: Path, out: Path, *, model: str, layer: str, backend: str =
     # One writer at a time: two extractions into one folder would pair one's index.json with the other's codes.
     with lock_dir(out):
         return _extract(data, out, backbone, taps, backend=backend, batch_size=batch_size, cache_root=cache_root,
-                        seed=seed, progress=progress, engine=engine, address=address)
+                        seed=seed, progress=progress, engine=engine, address=address, device=device,
+                        precision=precision)
 
 
 def _extract(data: Path, out: Path, backbone: Backbone, taps: tuple[str, ...], *, backend: str, batch_size: int,
-             cache_root: Path, seed: int, progress: bool, engine: str, address: str | None) -> str:
+             cache_root: Path, seed: int, progress: bool, engine: str, address: str | None, device: str,
+             precision: str) -> str:
     left_out: list[Path] = []  # files that are not images (by suffix nor by content): named in a warning, counted
     try:
         ds = ImageFolder(data, seed=seed)
@@ -54,7 +56,8 @@ def _extract(data: Path, out: Path, backbone: Backbone, taps: tuple[str, ...], *
         classes = None
     cache = FeatureCache(cache_root)
     result = extract_codes([r[0] for r in rows], backbone, list(taps), cache=cache, out_dir=out, backend=backend,
-                           batch_size=batch_size, progress=progress, engine=engine, address=address)
+                           batch_size=batch_size, progress=progress, engine=engine, address=address,
+                           device=device, precision=precision)
     if rows and not len(result.index):
         raise DatasetError(f"none of the {len(rows)} images could be read or decoded (see the warnings above); "
                            "check that DATA holds image files")

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeRemainingColumn)
 from rich.text import Text
-import torch
 from torch import nn
 
 from headstart.data import BatchLoader, DecodeFailure, EvalTransform
 from headstart.data.loader import warn_failures
 from headstart.engine import Engine, make_engine
-from headstart.engine.base import AUTO_BATCH_START, AutoBatchEngine, precision_for, resolve_device
+from headstart.engine.base import AUTO_BATCH_START, PRECISIONS, AutoBatchEngine, resolve_device
 from headstart.engine.codes import CodesModule
 from headstart.errors import ConfigError, HeadstartError, NonFiniteError
 from headstart.io import clean_stale_tmp, tmp_path_for
@@ -43,8 +43,8 @@ from headstart.models.base import Backbone
 __all__ = ["ExtractResult", "extract_codes"]
 
 _F16_MAX = float(np.finfo(np.float16).max)
-_HASH_BLOCK = 4096
-ENGINES = ("local", "ray")  # paths hashed per pool.map call: bounds the futures alive at once
+_HASH_BLOCK = 4096  # paths hashed per pool.map call: bounds the futures alive at once
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -84,6 +84,7 @@ def extract_codes(
     device: str | torch.device = "cpu",
     engine: str = "local",
     address: str | None = None,
+    precision: str = "fp32",
 ) -> ExtractResult:
     """CNN codes of ``paths`` at each tap, from ``cache`` where possible; unreadable files go to ``failures``.
 
@@ -91,8 +92,10 @@ def extract_codes(
     it settled on is ``ExtractResult.batch_size``. Non-finite codes (a broken engine or weights) raise
     ``NonFiniteError`` before they can reach the cache.
 
-    ``device``: where the network runs ("auto": a CUDA GPU if PyTorch sees one); on CUDA in bf16 autocast
-    (``precision_for``), whose codes are cached apart from fp32 ones.
+    ``device``: where the network runs ("auto": a CUDA GPU if PyTorch sees one). ``precision``: fp32 (the
+    default on every device: the codes a head is fitted on are those ``predict`` computes on a CPU, and they
+    share cache entries) or bf16 (PyTorch under bf16 autocast: faster on a GPU, cosine similarity >= 0.99
+    to fp32's, cached apart).
 
     ``engine="ray"``: the images missing from the cache are decoded and run on Ray Data (the cluster at
     ``address``, or a local one), which commits their codes to the cache (``headstart.features.ray_extract``);
@@ -115,6 +118,8 @@ def extract_codes(
                               + (" (0: auto)" if least == 0 else ""))
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     inputs = [Path(p) for p in paths]
     dev = resolve_device(device)
     if cache is not None and backbone.weights_id == "random":
@@ -122,15 +127,12 @@ def extract_codes(
         warnings.warn(f"{backbone.name} has random weights; its codes are not cached", stacklevel=2)
         cache = None
     if engine == "ray":
-        from headstart.features.ray_extract import compute_with_ray, ray_precision
+        from headstart.features.ray_extract import compute_with_ray
 
         if cache is None and out_dir is None:
             why = " (codes of random weights are never cached)" if backbone.weights_id == "random" else ""
             raise ConfigError(f"engine='ray' passes codes through a cache folder the workers write to: give a "
                               f"cache (or out_dir){why}")
-        precision = ray_precision(address)
-    else:
-        precision = precision_for(dev)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +157,7 @@ def extract_codes(
             assert store is not None
             used = batch_size or AUTO_BATCH_START
             bad = compute_with_ray(reps, list(todo), backbone, taps, cache=store, backend=backend, batch_size=used,
-                                   address=address) if todo else {}
+                                   address=address, precision=precision) if todo else {}
             if mem is not None:  # the codes the workers committed, read back as a local run reads its own
                 _read_back(store, ids, [r for h, rs in todo.items() if h not in bad for r in rs], ok_hashes, mem)
         else:
@@ -164,7 +166,8 @@ def extract_codes(
                                                               chunk_size))
                            for t in taps} if store is not None else {}
                 bad, used = _compute(reps, list(todo), todo, backbone, taps, writers=writers, mem=mem,
-                                     backend=backend, batch_size=batch_size, workers=workers, bar=bar, device=dev)
+                                     backend=backend, batch_size=batch_size, workers=workers, bar=bar, device=dev,
+                                     precision=precision)
         for h, reason in bad.items():  # every copy of an undecodable file fails, not just the one tried
             failures += [DecodeFailure(inputs[ok[r]], reason) for r in todo[h]]
         keep = np.array([r for r in range(len(ok)) if ok_hashes[r] not in bad], dtype=np.int64)
@@ -189,7 +192,7 @@ def extract_codes(
 def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], backbone: Backbone,
              taps: list[str], *, writers: dict[str, CacheWriter], mem: dict[str, np.ndarray] | None, backend: str,
              batch_size: int, workers: int | None, bar: Progress,
-             device: torch.device = torch.device("cpu")) -> tuple[dict[str, str], int]:
+             device: torch.device = torch.device("cpu"), precision: str = "fp32") -> tuple[dict[str, str], int]:
     """Decode and run ``paths`` (one per hash); store codes in ``writers`` and ``mem``.
 
     Returns hash → failure, and the batch size used (``batch_size``, or where auto (0) settled).
@@ -198,7 +201,7 @@ def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], b
         return {}, batch_size or AUTO_BATCH_START
     transform = EvalTransform(backbone.spec)
     size = backbone.spec.input_size
-    engine = _make_engine(CodesModule(backbone, taps), (3, size, size), backend, device)  # once, only if needed
+    engine = _make_engine(CodesModule(backbone, taps), (3, size, size), backend, device, precision)  # once, if needed
     if batch_size == 0:
         engine = AutoBatchEngine(engine)
     loader = BatchLoader(paths, transform, batch_size=batch_size or AUTO_BATCH_START, workers=workers,
@@ -245,9 +248,9 @@ def _check_finite(codes: np.ndarray, tap: str, paths: list[Path], engine: str) -
 
 
 def _make_engine(module: nn.Module, input_shape: tuple[int, int, int], backend: str,
-                 device: torch.device = torch.device("cpu")) -> Engine:
+                 device: torch.device = torch.device("cpu"), precision: str = "fp32") -> Engine:
     """The one place the engine is built (tests wrap it to slow extraction down)."""
-    return make_engine(module, input_shape, backend=backend, device=device, precision=precision_for(device))
+    return make_engine(module, input_shape, backend=backend, device=device, precision=precision)
 
 
 def _hash_files(paths: list[Path], workers: int | None, bar: Progress) -> tuple[list[str | None], list[DecodeFailure]]:

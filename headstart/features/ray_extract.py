@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 
 from headstart.data import BatchLoader, EvalTransform
-from headstart.engine.base import precision_for
 from headstart.errors import ConfigError
 from headstart.features.cache import FeatureCache, extractor_id, extractor_meta
 from headstart.models.base import Backbone
 
-__all__ = ["compute_with_ray", "ray_precision"]
+__all__ = ["compute_with_ray"]
 
 # What an actor reserves: a backbone, its compiled engine and a few batches in flight. Asking for it also keeps
 # Ray from fusing the decoding into the actors (fused, each actor would decode its own batches one after the
@@ -56,11 +55,6 @@ def _connect(address: str | None) -> Any:
     return ray
 
 
-def ray_precision(address: str | None) -> str:
-    """The precision the actors will compute in: bf16 when the cluster has GPUs, else fp32."""
-    return precision_for("cuda" if _connect(address).cluster_resources().get("GPU", 0) > 0 else "cpu")
-
-
 def _decode(batch: dict[str, np.ndarray], transform: EvalTransform) -> dict[str, np.ndarray]:
     """A Ray task: decode + preprocess a batch of files. An undecodable file keeps its row, with an error and
     a zero image (Ray batches need one shape per column), so the driver learns why it failed."""
@@ -81,17 +75,19 @@ def _decode(batch: dict[str, np.ndarray], transform: EvalTransform) -> dict[str,
 class _Codes:
     """A Ray actor: one backbone and engine, run on every batch, codes committed to the cache."""
 
-    def __init__(self, backbone: Backbone, taps: Sequence[str], cache_root: str, backend: str) -> None:
+    def __init__(self, backbone: Backbone, taps: Sequence[str], cache_root: str, backend: str,
+                 precision: str) -> None:
         import torch
 
         from headstart.engine import make_engine
         from headstart.engine.codes import CodesModule
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.precision = precision_for(self.device)
+        self.precision = precision
         size = backbone.spec.input_size
+        cpu_engine = self.device == "cpu" and precision == "fp32"
         self.engine = make_engine(CodesModule(backbone, list(taps)), (3, size, size), device=self.device,
-                                  backend=backend if self.device == "cpu" else "torch", precision=self.precision)
+                                  backend=backend if cpu_engine else "torch", precision=precision)
         self.taps, self.cache = list(taps), FeatureCache(cache_root)
         self.ids = {t: extractor_id(backbone, t, self.precision) for t in taps}
         self.meta = {t: extractor_meta(backbone, t, self.precision) for t in taps}
@@ -109,24 +105,29 @@ class _Codes:
 
 
 def compute_with_ray(paths: Sequence[Path], hashes: Sequence[str], backbone: Backbone, taps: Sequence[str], *,
-                     cache: FeatureCache, backend: str, batch_size: int, address: str | None) -> dict[str, str]:
+                     cache: FeatureCache, backend: str, batch_size: int, address: str | None,
+                     precision: str = "fp32") -> dict[str, str]:
     """Codes of ``paths`` (one per hash in ``hashes``) computed on Ray and committed to ``cache``; returns
     hash → reason for the files that could not be decoded."""
     ray = _connect(address)
     if not paths:
         return {}
     resources = ray.cluster_resources()
-    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-    # One actor per GPU; on CPUs, all but one CPU (the decode tasks need at least one).
-    actors = gpus if gpus else max(1, cpus - 1)
+    cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    # One actor per GPU; on CPUs, all but one CPU (the decode tasks need at least one), and no more than the
+    # cluster's memory holds. With fewer than 2 CPUs, actor and decoding share the one (half a CPU each).
+    share = 1.0 if cpus >= 2 else cpus / 2
+    actors = gpus if gpus else max(1, int(cpus - 1))
+    actors = max(1, min(actors, int(resources.get("memory", ACTOR_MEMORY) // ACTOR_MEMORY)))
     ds = ray.data.from_items([{"path": str(p), "hash": h} for p, h in zip(paths, hashes, strict=True)],
                              override_num_blocks=max(1, min(len(paths) // max(batch_size, 1), 4 * cpus)))
     # Ray Data retries a task whose worker died, and restarts a dead actor and retries its batch.
     ds = ds.map_batches(_decode, fn_kwargs={"transform": EvalTransform(backbone.spec)}, batch_size=batch_size,
-                        num_cpus=1)
+                        num_cpus=share)
     ds = ds.map_batches(_Codes, fn_constructor_kwargs={"backbone": backbone, "taps": list(taps),
-                                                       "cache_root": str(cache.root), "backend": backend},
-                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-                        num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0, memory=ACTOR_MEMORY)
+                                                       "cache_root": str(cache.root), "backend": backend,
+                                                       "precision": precision},
+                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                        num_cpus=0 if gpus else share, num_gpus=1 if gpus else 0, memory=ACTOR_MEMORY)
     rows = ds.take_all()
     return {str(r["hash"]): str(r["error"]) for r in rows if r["error"]}

@@ -47,7 +47,15 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
         raise ConfigError(f"under torchrun only fine-tuning runs data-parallel, and --strategy is {cfg.strategy}; "
                           "pass --strategy finetune, or run the linear and auto strategies as one process "
                           "(headstart fit DATA)")
-    with joined() as d:
+    if launched() and cfg.engine.extract_engine == "ray":
+        raise ConfigError("--engine ray under torchrun would start one Ray pipeline per process; extract the codes "
+                          "first (headstart extract DATA --engine ray --out DIR: they land in the cache), then run "
+                          "torchrun without --engine ray")
+    with joined(cfg.engine.device) as d:
+        from headstart.fit.finetune import TRAIN_BATCH_SIZE
+        from headstart.train.distributed import check_batch
+
+        check_batch(cfg.engine.batch_size or TRAIN_BATCH_SIZE, d)  # before any image is read
         if not d.is_main:
             return _follow(cfg, d, resume=resume)
         check_output_places(cfg)

@@ -34,7 +34,7 @@ from torch.utils.data import DistributedSampler
 from headstart.errors import ConfigError
 
 __all__ = ["Dist", "barrier", "broadcast_state", "check_batch", "current", "deal", "joined", "launched", "pick",
-           "sum_across", "train_shard"]
+           "same_everywhere", "sum_across", "train_shard"]
 
 # How long a process waits for the others at a collective. Rank 0 alone evaluates the test split and writes
 # the report after training, and the others may wait on it at the next run's barrier: generous.
@@ -83,13 +83,14 @@ def current() -> Dist:
 def joined(device: str = "auto") -> Iterator[Dist]:
     """Join torchrun's process group for the duration (a no-op outside torchrun, or when the caller joined one).
 
-    NCCL when CUDA is used (each process on GPU ``LOCAL_RANK``), gloo otherwise."""
+    NCCL when ``device`` is cuda, or auto with a GPU visible (each process on GPU ``LOCAL_RANK``); gloo and
+    the CPU otherwise (never Apple's MPS, which DDP does not support)."""
     if not launched() or (tdist.is_available() and tdist.is_initialized()):
         yield current()
         return
     if not tdist.is_available():
         raise ConfigError("this PyTorch build has no torch.distributed; run headstart without torchrun")
-    cuda = torch.cuda.is_available() and device != "cpu"
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local)
@@ -138,6 +139,18 @@ def sum_across(values: Sequence[float], d: Dist) -> list[float]:
         t = t.cuda()
     tdist.all_reduce(t)
     return t.cpu().tolist()
+
+
+def same_everywhere(values: Sequence[float], d: Dist) -> bool:
+    """Whether every process holds the same ``values`` (one MAX all-reduce of ``values`` and their negatives)."""
+    if not d.enabled:
+        return True
+    t = torch.tensor([*values, *(-v for v in values)], dtype=torch.float64)
+    if tdist.get_backend() == "nccl":
+        t = t.cuda()
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    n = len(values)
+    return bool(torch.equal(t[:n], -t[n:]))
 
 
 def pick(value: Any, d: Dist) -> Any:

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,17 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from headstart.engine.base import resolve_device
-from headstart.errors import ConfigError, TrainingDiverged
-from headstart.evaluate.curves import append_curve, reset_curves
-from headstart.models.base import Backbone
 from torch.nn.parallel import DistributedDataParallel
 
+from headstart.engine.base import resolve_device
+from headstart.errors import ConfigError, DatasetError, TrainingDiverged
+from headstart.evaluate.curves import append_curve, reset_curves
+from headstart.models.base import Backbone
 from headstart.train.checkpoint import TrainState, capture_rng, checkpoint_exists, clone_state, load_checkpoint, \
     restore_rng, save_checkpoint, save_tensors
-from headstart.train.distributed import Dist, broadcast_state, check_batch, current, deal, pick, sum_across, \
-    train_shard
+from headstart.train.distributed import Dist, broadcast_state, check_batch, current, deal, pick, same_everywhere, \
+    sum_across, train_shard
 from headstart.train.ema import EMA
 from headstart.train.freeze import freeze_stages, set_train_mode
 from headstart.train.optim import OptimConfig, build_optimizer, build_param_groups, l1_penalty
@@ -97,8 +97,8 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
                     patience=3, run_dir="runs/ft")
     """
     t_setup, dev, d = time.perf_counter(), resolve_device(device), current()
-    if d.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", d.local_rank)
+    if d.enabled:  # the process group's device: NCCL's is this process's GPU, gloo's the CPU
+        dev = torch.device("cuda", d.local_rank) if d.backend == "nccl" else torch.device("cpu")
     local_batch = check_batch(batch_size, d)  # under torchrun: this process's share of the global batch
     run_dir = Path(run_dir) if run_dir is not None else None
     writes = run_dir is not None and d.is_main  # one writer of run files: rank 0
@@ -111,10 +111,15 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
     suffix, cl = SuffixModel(model, fz.k), (dev.type in ("cpu", "cuda")) if channels_last is None else channels_last
     if cl:
         suffix.to(memory_format=torch.channels_last)
+    # Rank 0 keeps big prefix features in the run; the others in a scratch folder of their own, removed at exit.
+    scratch = tempfile.TemporaryDirectory(prefix="headstart-prefix-") if d.enabled and not d.is_main else None
     train_feed, val_feed, how = make_feeds(
         model, fz.k, train_data, val_data, seed=seed, batch_size=batch_size, device=dev, channels_last=cl,
         cache=cache, cache_dtype=cache_dtype, backend=backend, workers=workers,
-        store_dir=run_dir / "prefix_cache" if writes else None)
+        store_dir=run_dir / "prefix_cache" if writes else Path(scratch.name) if scratch is not None else None)
+    if not same_everywhere([len(train_feed), len(val_feed) if val_feed is not None else -1], d):
+        raise DatasetError("the processes decoded different numbers of images (a file readable from one machine "
+                           "but not another?); every process must see the same files")
     stepped = DistributedDataParallel(suffix, device_ids=[dev.index] if dev.type == "cuda" else None) \
         if d.enabled else suffix  # what the steps run: gradients averaged over the processes
     groups = build_param_groups(model, optim_cfg, freeze=fz.k)
@@ -145,13 +150,16 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
             break
         t0 = time.perf_counter()
         set_train_mode(model, fz.k, fz.freeze_bn)
+        if d.enabled:  # dropout / drop-path masks of its own per process (one seed would repeat them W times)
+            torch.manual_seed(int(np.random.SeedSequence([seed, epoch, d.rank]).generate_state(1)[0]))
         order = np.random.default_rng([seed, epoch]).permutation(len(train_feed))
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in train_feed.batches(train_shard(order, d), local_batch, epoch):
             with _autocast(dev):
                 logits = stepped(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-            lr, value = optimizer.param_groups[-1]["lr"], _global_mean(loss, d)  # every process checks one value
+            # A process whose loss diverges raises; torchrun then stops the others (no collective per step).
+            lr, value = optimizer.param_groups[-1]["lr"], loss.item()
             _check_train_loss(value, epoch, s.step, lr, s.last_checkpoint)  # before the step: weights stay finite
             if optim_cfg.l1 > 0:  # after the check: a large penalty is the user's choice, not a divergence
                 loss = loss + optim_cfg.l1 * l1_penalty(groups)
@@ -280,11 +288,6 @@ def _check_val_loss(loss: float, acc: float, epoch: int, lr: float, last_checkpo
 def _autocast(dev: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (the GPU fast path: tensor cores, half the activation memory); fp32 elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-
-
-def _global_mean(loss: torch.Tensor, d: Dist) -> float:
-    """The step's loss over the global batch (each process's share is the same size)."""
-    return loss.item() if not d.enabled else sum_across([loss.item()], d)[0] / d.world
 
 
 @torch.no_grad()

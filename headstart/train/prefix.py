@@ -109,10 +109,10 @@ class PrefixRunner:
     def __init__(self, prefix: nn.Module, input_shape: tuple[int, int, int], *, backend: str = "auto",
                  device: torch.device | str = "cpu") -> None:
         self.identity = len(prefix) == 0 if isinstance(prefix, nn.Sequential) else False
-        self.fingerprint = "identity" if self.identity else module_fingerprint(prefix)
+        self.precision = precision_for(device)  # bf16 autocast on CUDA: part of the cached features' key
+        self.fingerprint = "identity" if self.identity else f"{module_fingerprint(prefix)}-{self.precision}"
         self.engine = None if self.identity else make_engine(copy.deepcopy(prefix).eval(), input_shape,
-                                                             backend=backend, device=device,
-                                                             precision=precision_for(device))
+                                                             backend=backend, device=device, precision=self.precision)
         self.name = "identity" if self.engine is None else self.engine.name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -134,7 +134,10 @@ class Feed:
         return len(self.labels)
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, non_blocking=True)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type == "cuda":  # pinned: the copy to the GPU is asynchronous
+            xt = xt.pin_memory()
+        xt = xt.to(self.device, non_blocking=True)
         if self.channels_last and xt.ndim == 4:
             xt = xt.contiguous(memory_format=torch.channels_last)
         return xt, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
