@@ -184,7 +184,8 @@ def fit_command(run: Callable[..., None]) -> Callable[..., None]:
         --strategy auto (the default): measure the data (headstart advise), run the plan and, within --budget
         (20 min), its runner-up; keep the better on validation. Options you set win over the plan's.
         --strategy linear: a linear classifier on cached CNN codes.
-        --strategy finetune: a new head, the top stages trained.
+        --strategy finetune: a new head, the top stages trained. On several GPUs or processes:
+        torchrun --nproc-per-node N -m headstart fit DATA --strategy finetune --out RUN_DIR.
 
         Every option can also be set in a TOML file (--config) under the names of RUN_DIR/config.toml.
         """

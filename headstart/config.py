@@ -68,9 +68,9 @@ class EngineConfig:
                                   "decode, an actor pool runs the network; needs the ray extra)")
     ray_address: str = setting("", flag="--address", help="with --engine ray: the cluster to join (e.g. auto, "
                                "ray://head:10001); empty: start a local one")
-    device: str = setting("auto", choices=DEVICES, flag="--device", help="where codes are extracted and "
-                          "fine-tuning trains: auto = a CUDA GPU if PyTorch sees one (bf16 autocast, "
-                          "channels_last), else the CPU")
+    device: str = setting("auto", choices=DEVICES, flag="--device", help="where codes are extracted (fp32) and "
+                          "fine-tuning trains: auto = a CUDA GPU if PyTorch sees one (training in bf16 "
+                          "autocast, channels_last), else the CPU")
 
     def __post_init__(self) -> None:
         check_settings(self, "engine")
