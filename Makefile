@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, alone, so that TORCH_INDEX applies to it only; pyproject.toml pins the same version.
 	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e '.[test,zoo,tune,serve,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[test,zoo,tune,serve,ray,int8]'
 	touch $@
 
 demo: $(VENV)/.installed  ## install, then run the main job on the embedded dataset

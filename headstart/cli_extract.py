@@ -32,8 +32,10 @@ def extract_command(
     address: Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster (auto, ray://head:10001); "
                                                    "default: a local one.")] = None,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU if PyTorch sees one), cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 (PyTorch under bf16 autocast: faster on a GPU; "
-                                           "cached apart from fp32 codes).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32; bf16 (PyTorch under bf16 autocast: faster on a GPU); or "
+                                           "int8 (OpenVINO, quantised by NNCF on 300 of these images: 1.2x faster "
+                                           "here, see BENCHMARKS.md §17; needs the int8 extra). Each is cached "
+                                           "apart.")] = "fp32",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Write CNN codes (float16 .npy per tap) with paths, labels and splits (index.json)."""

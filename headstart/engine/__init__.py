@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from headstart.engine.base import PRECISIONS, Engine, TorchEngine, precision_for
+from headstart.engine.openvino import Calibration
 from headstart.errors import ConfigError
 
 BACKENDS = ("auto", "openvino", "onnxruntime", "torch")
@@ -30,7 +31,8 @@ def available_backends() -> list[str]:
 
 
 def make_engine(module: nn.Module, input_shape: tuple[int, int, int], *, backend: str = "auto",
-                device: str | torch.device = "cpu", cache_dir: Path | None = None, precision: str = "fp32") -> Engine:
+                device: str | torch.device = "cpu", cache_dir: Path | None = None, precision: str = "fp32",
+                calibration: Calibration | None = None) -> Engine:
     """An engine running frozen ``module`` on float32 (N, *input_shape) batches.
 
     ``backend="auto"``: on CPU the fastest installed of OpenVINO > ONNX Runtime > PyTorch; if exporting or
@@ -38,6 +40,9 @@ def make_engine(module: nn.Module, input_shape: tuple[int, int, int], *, backend
     On CUDA/MPS, PyTorch. A named backend is used as asked, and its errors propagate.
     ``cache_dir`` holds exported ONNX files and compiled blobs (default ``~/.cache/headstart/engines``).
     ``precision="bf16"`` (PyTorch under bf16 autocast) is what ``precision_for`` picks on CUDA.
+    ``precision="int8"``: OpenVINO on the CPU, the network quantised by NNCF's post-training quantisation,
+    calibrated on ``calibration`` (a few hundred of the user's own images, decoded only when no quantised model
+    for them is cached).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown engine backend {backend!r}; choose from: {', '.join(BACKENDS)}")
@@ -45,6 +50,13 @@ def make_engine(module: nn.Module, input_shape: tuple[int, int, int], *, backend
     input_shape = tuple(int(s) for s in input_shape)  # type: ignore[assignment]
     if len(input_shape) != 3:
         raise ConfigError(f"input_shape must be (C, H, W), got {input_shape}")
+    if precision == "int8":
+        if backend not in ("auto", "openvino") or dev.type != "cpu" or calibration is None:
+            raise ConfigError("precision int8 runs on OpenVINO on the CPU, calibrated on your images: use backend "
+                              "auto or openvino, device cpu, and give calibration images")
+        from headstart.engine.openvino import OpenVinoEngine
+
+        return OpenVinoEngine(module, input_shape, cache_dir=cache_dir, calibration=calibration)
     if precision != "fp32" or backend == "torch" or (backend == "auto" and dev.type != "cpu"):
         if backend not in ("auto", "torch"):
             raise ConfigError(f"engine backend {backend!r} runs in fp32 only; use backend='torch' for {precision}")

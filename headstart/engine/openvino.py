@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from headstart.engine.onnx_export import default_cache_dir, export_onnx
 from headstart.engine.ort import check_batch
+from headstart.errors import ConfigError
+from headstart.io import tmp_path_for
 
 PRECISIONS = ("f32", "bf16")
 HINTS = ("latency", "throughput")
@@ -59,6 +65,45 @@ def guard_amx() -> bool:
     return ok
 
 
+CALIBRATION_IMAGES = 300  # NNCF's default subset size: what int8 is calibrated on
+
+
+def calibration_id(hashes: list[str]) -> str:
+    """A short id of a calibration set (its images' content hashes, in any order): part of int8 codes' key."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The images int8 is calibrated on: ``key`` names them (``calibration_id``), ``load()`` decodes them
+    (float32 NCHW, preprocessed), only when no quantised model for ``key`` is cached yet."""
+
+    key: str
+    load: Callable[[], np.ndarray]
+
+
+def _quantized(core: Any, model: Any, onnx_path: Path, calibration: Calibration, cache: Path) -> Any:
+    """``model`` quantised to int8 by NNCF's post-training quantisation on the calibration images, saved as
+    OpenVINO IR next to the ONNX file and read back on later calls with the same images."""
+    import openvino as ov
+
+    xml = cache / "openvino-int8" / f"{onnx_path.stem}-{calibration.key}.xml"
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        return core.read_model(str(xml))
+    try:
+        import nncf
+    except ImportError:
+        raise ConfigError("precision int8 needs NNCF: pip install 'headstart[int8]'") from None
+    images = calibration.load()
+    q = nncf.quantize(model, nncf.Dataset([images[i:i + 1] for i in range(len(images))]), subset_size=len(images))
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(xml)  # complete files only: a killed quantisation is redone
+    ov.save_model(q, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+    os.replace(tmp, xml)
+    return q
+
+
 def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -89,7 +134,7 @@ class OpenVinoEngine:
 
     def __init__(self, module: nn.Module, input_shape: tuple[int, int, int], *, cache_dir: Path | str | None,
                  threads: int | None = None, inference_precision: str = "f32", hint: str = "throughput",
-                 streams: int | None = None, exporter: str = "auto") -> None:
+                 streams: int | None = None, exporter: str = "auto", calibration: Calibration | None = None) -> None:
         import openvino as ov
 
         guard_amx()
@@ -104,6 +149,8 @@ class OpenVinoEngine:
         model = core.read_model(str(self.onnx_path))
         # Batch stays dynamic; pinning C, H, W lets OpenVINO fold shape arithmetic and pick static kernels.
         model.reshape({model.inputs[0].any_name: ov.PartialShape([-1, *self.input_shape])})
+        if calibration is not None:
+            model = _quantized(core, model, self.onnx_path, calibration, cache)
         config: dict[str, str] = {
             "PERFORMANCE_HINT": hint.upper(),
             "INFERENCE_PRECISION_HINT": inference_precision,
@@ -115,7 +162,7 @@ class OpenVinoEngine:
             config["NUM_STREAMS"] = str(streams)
         self.compiled = core.compile_model(model, "CPU", config)
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
-        self.inference_precision = inference_precision
+        self.inference_precision = "int8" if calibration is not None else inference_precision
         self._outputs = list(self.compiled.outputs)
         # One request per stream: a batch is split across them and they run concurrently.
         self._requests = [self.compiled.create_infer_request() for _ in range(max(1, self.streams))]

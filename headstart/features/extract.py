@@ -29,6 +29,7 @@ from headstart.data.loader import warn_failures
 from headstart.engine import Engine, make_engine
 from headstart.engine.base import AUTO_BATCH_START, PRECISIONS, AutoBatchEngine, resolve_device
 from headstart.engine.codes import CodesModule
+from headstart.engine.openvino import CALIBRATION_IMAGES, Calibration, calibration_id
 from headstart.errors import ConfigError, HeadstartError, NonFiniteError
 from headstart.io import clean_stale_tmp, tmp_path_for
 from headstart.features.cache import (
@@ -85,6 +86,7 @@ def extract_codes(
     engine: str = "local",
     address: str | None = None,
     precision: str = "fp32",
+    calibrate_on: Sequence[str | Path] | None = None,
 ) -> ExtractResult:
     """CNN codes of ``paths`` at each tap, from ``cache`` where possible; unreadable files go to ``failures``.
 
@@ -95,7 +97,8 @@ def extract_codes(
     ``device``: where the network runs ("auto": a CUDA GPU if PyTorch sees one). ``precision``: fp32 (the
     default on every device: the codes a head is fitted on are those ``predict`` computes on a CPU, and they
     share cache entries) or bf16 (PyTorch under bf16 autocast: faster on a GPU, cosine similarity >= 0.99
-    to fp32's, cached apart).
+    to fp32's, cached apart) or int8 (OpenVINO, quantised by NNCF on 300 images in content order, of
+    ``calibrate_on`` or else of ``paths``; cached under that calibration set's id).
 
     ``engine="ray"``: the images missing from the cache are decoded and run on Ray Data (the cluster at
     ``address``, or a local one), which commits their codes to the cache (``headstart.features.ray_extract``);
@@ -120,6 +123,8 @@ def extract_codes(
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and engine == "ray":
+        raise ConfigError("--precision int8 runs locally (its calibration happens in this process); drop --engine ray")
     inputs = [Path(p) for p in paths]
     dev = resolve_device(device)
     if cache is not None and backbone.weights_id == "random":
@@ -142,7 +147,9 @@ def extract_codes(
         hashes, failures = _hash_files(inputs, workers, bar)
         ok = [i for i, h in enumerate(hashes) if h is not None]
         ok_hashes: list[str] = [hashes[i] for i in ok]  # type: ignore[misc]
-        ids = {t: extractor_id(backbone, t, precision) for t in taps}
+        calibration = _calibration_set(calibrate_on, inputs, ok, ok_hashes) if precision == "int8" else {}
+        tag = f"int8-{calibration_id(list(calibration))}" if calibration else precision  # int8 codes depend on it
+        ids = {t: extractor_id(backbone, t, tag) for t in taps}
         dims = backbone.num_features
         mem = None if out is not None else {t: np.zeros((len(ok), dims[t]), np.float32) for t in taps}
         hit = np.full(len(ok), store is not None)
@@ -162,12 +169,13 @@ def extract_codes(
                 _read_back(store, ids, [r for h, rs in todo.items() if h not in bad for r in rs], ok_hashes, mem)
         else:
             with contextlib.ExitStack() as stack:
-                writers = {t: stack.enter_context(store.writer(ids[t], extractor_meta(backbone, t, precision),
+                writers = {t: stack.enter_context(store.writer(ids[t], extractor_meta(backbone, t, tag),
                                                               chunk_size))
                            for t in taps} if store is not None else {}
                 bad, used = _compute(reps, list(todo), todo, backbone, taps, writers=writers, mem=mem,
                                      backend=backend, batch_size=batch_size, workers=workers, bar=bar, device=dev,
-                                     precision=precision)
+                                     precision=precision,
+                                     calibration=list(calibration.values()), calibration_key=tag)
         for h, reason in bad.items():  # every copy of an undecodable file fails, not just the one tried
             failures += [DecodeFailure(inputs[ok[r]], reason) for r in todo[h]]
         keep = np.array([r for r in range(len(ok)) if ok_hashes[r] not in bad], dtype=np.int64)
@@ -192,7 +200,8 @@ def extract_codes(
 def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], backbone: Backbone,
              taps: list[str], *, writers: dict[str, CacheWriter], mem: dict[str, np.ndarray] | None, backend: str,
              batch_size: int, workers: int | None, bar: Progress,
-             device: torch.device = torch.device("cpu"), precision: str = "fp32") -> tuple[dict[str, str], int]:
+             device: torch.device = torch.device("cpu"), precision: str = "fp32",
+             calibration: Sequence[Path] = (), calibration_key: str = "") -> tuple[dict[str, str], int]:
     """Decode and run ``paths`` (one per hash); store codes in ``writers`` and ``mem``.
 
     Returns hash → failure, and the batch size used (``batch_size``, or where auto (0) settled).
@@ -201,7 +210,13 @@ def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], b
         return {}, batch_size or AUTO_BATCH_START
     transform = EvalTransform(backbone.spec)
     size = backbone.spec.input_size
-    engine = _make_engine(CodesModule(backbone, taps), (3, size, size), backend, device, precision)  # once, if needed
+    def decoded() -> np.ndarray:  # int8: what the quantisation is calibrated on
+        return np.concatenate([b.images for b in BatchLoader(list(calibration), transform, batch_size=32,
+                                                             workers=workers, draft_size=transform.draft_size,
+                                                             warn=False)])
+
+    calib = Calibration(calibration_key, decoded) if calibration else None
+    engine = _make_engine(CodesModule(backbone, taps), (3, size, size), backend, device, precision, calib)
     if batch_size == 0:
         engine = AutoBatchEngine(engine)
     loader = BatchLoader(paths, transform, batch_size=batch_size or AUTO_BATCH_START, workers=workers,
@@ -223,6 +238,23 @@ def _compute(paths: list[Path], hashes: list[str], rows: dict[str, list[int]], b
     used = engine.size if isinstance(engine, AutoBatchEngine) else batch_size
     by_path = {p: h for p, h in zip(paths, hashes, strict=True)}
     return {by_path[f.path]: f.reason for f in loader.failures}, used
+
+
+def _calibration_set(calibrate_on: Sequence[str | Path] | None, inputs: list[Path], ok: list[int],
+                     ok_hashes: list[str]) -> dict[str, Path]:
+    """int8's calibration images, hash → file: the first ``CALIBRATION_IMAGES`` in content order of
+    ``calibrate_on`` (e.g. the training split only), or else of the inputs. Unreadable files are passed over."""
+    pool: dict[str, Path] = {}
+    if calibrate_on is None:
+        for r, h in zip(ok, ok_hashes, strict=True):
+            pool.setdefault(h, inputs[r])
+    else:
+        for p in map(Path, calibrate_on):
+            with contextlib.suppress(OSError):
+                pool.setdefault(hash_file(p), p)
+    if not pool:
+        raise ConfigError("precision int8 needs images to calibrate on, and none could be read")
+    return {h: pool[h] for h in sorted(pool)[:CALIBRATION_IMAGES]}
 
 
 def _read_back(store: FeatureCache, ids: dict[str, str], rows: list[int], hashes: list[str],
@@ -248,9 +280,11 @@ def _check_finite(codes: np.ndarray, tap: str, paths: list[Path], engine: str) -
 
 
 def _make_engine(module: nn.Module, input_shape: tuple[int, int, int], backend: str,
-                 device: torch.device = torch.device("cpu"), precision: str = "fp32") -> Engine:
+                 device: torch.device = torch.device("cpu"), precision: str = "fp32",
+                 calibration: Calibration | None = None) -> Engine:
     """The one place the engine is built (tests wrap it to slow extraction down)."""
-    return make_engine(module, input_shape, backend=backend, device=device, precision=precision)
+    return make_engine(module, input_shape, backend=backend, device=device, precision=precision,
+                       calibration=calibration)
 
 
 def _hash_files(paths: list[Path], workers: int | None, bar: Progress) -> tuple[list[str | None], list[DecodeFailure]]:
