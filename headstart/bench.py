@@ -2,7 +2,7 @@
 
 Method of timm's ``benchmark.py``: synthetic input already on the device, warm-up iterations first, then
 timed iterations with the device synchronised before each clock read; the figure is the mean over the timed
-iterations. Per zoo backbone and device:
+iterations. Each (backbone, device) row is measured in a fresh process. Per zoo backbone and device:
 
 - ``forward ms``: one batch through the network in eval mode without autograd (eager PyTorch);
 - ``fwd+bwd ms``: one training step of the whole network (forward, backward, SGD step);
@@ -21,9 +21,11 @@ resize, the engine), no cache.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import platform
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,10 @@ def run_bench(models: Sequence[str], devices: Sequence[str], *, freeze: Sequence
     for name in models:
         cpu_rate: float | None = None
         for dev in devices:
-            row = _bench_one(name, torch.device(dev), freeze, warmup, iters, images)
+            # A fresh process per row: measured in one process after another backbone (and its OpenVINO
+            # engine), eager forward times came out the same for lite0, 1 and 2 (~600 ms); alone, 580/840/1320.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                row = pool.submit(_bench_one, name, dev, tuple(freeze), warmup, iters, tuple(images)).result()
             if dev == "cpu":
                 cpu_rate = row.finetune_img_s.get("K=0")
             elif cpu_rate:
@@ -110,8 +115,9 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def _bench_one(name: str, dev: torch.device, freeze: Sequence[int], warmup: int, iters: int,
+def _bench_one(name: str, device: str, freeze: Sequence[int], warmup: int, iters: int,
                images: Sequence[Path]) -> BenchRow:
+    dev = torch.device(device)
     model = create_model(name, num_classes=1000).to(dev)
     size = model.spec.input_size
     cuda = dev.type == "cuda"
