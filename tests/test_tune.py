@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -116,8 +118,19 @@ def test_tune_resumes_after_sigkill_without_repeating_finished_trials(tmp_path: 
                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     storage = f"sqlite:///{out / 'study.db'}"
 
-    def trials() -> list[optuna.trial.FrozenTrial]:
+    def schema_ready() -> bool:
+        """Whether tune has created its tables and a trial: optuna.load_study on a database whose schema is
+        still being created creates tables itself, racing tune into "table studies already exists"."""
         if not (out / "study.db").is_file():  # opening the URL would create it, before tune claims the folder
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True)) as db:
+                return db.execute("SELECT count(*) FROM trials").fetchone()[0] > 0
+        except sqlite3.Error:
+            return False
+
+    def trials() -> list[optuna.trial.FrozenTrial]:
+        if not schema_ready():
             return []
         try:
             return [t for s in ("coarse", "fine") for t in optuna.load_study(study_name=s, storage=storage).trials]
