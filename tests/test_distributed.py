@@ -157,6 +157,26 @@ def test_a_two_process_checkpoint_resumes_in_one_process(root: Path, tmp_path: P
     assert [h["val_loss"] for h in res.history] == pytest.approx([h["val_loss"] for h in ref.history], abs=1e-5)
 
 
+def _agree_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    from headstart.train.distributed import current, joined, same_everywhere
+
+    with joined("cpu"):
+        d = current()
+        answers = [same_everywhere([24, 7], d), same_everywhere([24 - rank, 7], d)]  # rank 1 decoded one fewer
+    (Path(out) / f"agree{rank}.json").write_text(json.dumps(answers))
+
+
+def test_every_process_learns_that_they_disagree(tmp_path: Path) -> None:
+    """What stops a job whose processes decoded different numbers of images, all at once, before training."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_agree_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    assert [json.loads((tmp_path / f"agree{r}.json").read_text()) for r in range(WORLD)] == [[True, False]] * 2
+
+
 def test_rank_zeros_stop_decision_stops_every_process(root: Path, tmp_path: Path) -> None:
     ranks = _spawn(tmp_path, root, epochs=4, stop_after=2)  # returns instead of hanging in a collective
     assert [len(r["history"]) for r in ranks] == [2, 2]
