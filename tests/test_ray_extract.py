@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -91,6 +92,22 @@ def test_committing_the_same_chunk_twice_leaves_one_file(tmp_path: Path) -> None
     (chunk,) = (tmp_path / eid).glob("chunk-*.safetensors")
     assert chunk.stat().st_mtime_ns == first  # not rewritten under a reader
     np.testing.assert_allclose(FeatureCache(tmp_path).lookup(eid, ["h2"])["h2"], codes[1], atol=1e-2)
+
+
+def test_an_address_where_no_cluster_answers_is_one_line(paths: list[Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    ray.shutdown()  # so that extraction has to connect
+    try:
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        code, _, err = run_cli(capsys, monkeypatch, "extract", str(paths[0].parent.parent), "--out",
+                               str(tmp_path / "o"), "--model", "tiny_test", "--engine", "ray", "--address",
+                               f"127.0.0.1:{port}", "--cache-dir", str(tmp_path / "c"), "-q")
+        assert code == 2 and "nothing answers there" in err and len(err.strip().splitlines()) == 1
+    finally:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def test_extract_command_with_engine_ray(paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],

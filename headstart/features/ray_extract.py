@@ -19,6 +19,7 @@ never starved.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,29 @@ def _connect(address: str | None) -> Any:
     """Ray, connected to ``address`` (a running cluster, e.g. ray://head:10001 or auto), or a local one."""
     ray = _ray()
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
+        except ConnectionError as e:  # e.g. --address auto with no cluster on this machine
+            raise ConfigError(f"--address {address}: no Ray cluster there ({str(e).splitlines()[0]}); start one "
+                              "(ray start --head) or leave --address out for a local one") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-stage INFO lines drown headstart's own
     return ray
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A host:port address (ray://host:port too) must accept a connection within ``timeout``: Ray itself
+    retries an unreachable one for minutes before it gives up."""
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: give auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: nothing answers there ({e.strerror or type(e).__name__}); start "
+                          "the cluster (ray start --head) or leave --address out for a local one") from None
 
 
 def _decode(batch: dict[str, np.ndarray], transform: EvalTransform) -> dict[str, np.ndarray]:
