@@ -20,7 +20,6 @@ resize, the engine), no cache.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import platform
 import time
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from headstart.engine import make_engine
-from headstart.engine.base import is_out_of_memory
+from headstart.engine.base import autocast_for, is_out_of_memory
 from headstart.engine.codes import CodesModule
 from headstart.errors import ConfigError
 from headstart.models import POOLED, Backbone, create_model, list_models
@@ -128,7 +127,7 @@ def _bench_one(name: str, device: str, freeze: Sequence[int], warmup: int, iters
     timer = _Timer(dev, warmup, iters)
 
     model.eval()
-    with torch.no_grad(), _autocast(dev):
+    with torch.no_grad(), autocast_for(dev):
         forward_s = timer(lambda: model(x))
     rates = {}
     train_s = 0.0
@@ -160,7 +159,7 @@ def _train_step(model: Backbone, k: int, dev: torch.device) -> Callable[[torch.T
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with _autocast(dev):
+        with autocast_for(dev):
             with torch.no_grad():
                 h = prefix(x)
             loss = F.cross_entropy(suffix(h), y)
@@ -196,11 +195,6 @@ def _fit_batch(model: Backbone, dev: torch.device, size: int) -> int:
                 raise
             batch //= 2
             torch.cuda.empty_cache()
-
-
-def _autocast(dev: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (the GPU fast path); CPU rows are fp32, as extraction there is."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
 
 
 class _Timer:

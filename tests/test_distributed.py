@@ -88,12 +88,15 @@ def _worker(rank: int, port: int, root: str, out: str, run_dir: str | None, epoc
                                                              "stop_reason": reason}))
 
 
-def _spawn(tmp: Path, root: Path, run_dir: Path | None = None, epochs: int = 2, kill_after: int = 0,
-           stop_after: int = 0) -> list[dict]:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(root), str(tmp), str(run_dir) if run_dir else None, epochs, kill_after,
+        return s.getsockname()[1]
+
+
+def _spawn(tmp: Path, root: Path, run_dir: Path | None = None, epochs: int = 2, kill_after: int = 0,
+           stop_after: int = 0) -> list[dict]:
+    mp.spawn(_worker, args=(_free_port(), str(root), str(tmp), str(run_dir) if run_dir else None, epochs, kill_after,
                             stop_after), nprocs=WORLD, join=True)
     return [json.loads((tmp / f"rank{r}.json").read_text()) | {"state": load_file(str(tmp / f"rank{r}.safetensors"))}
             for r in range(WORLD)]
@@ -170,10 +173,7 @@ def _agree_worker(rank: int, port: int, out: str) -> None:
 
 def test_every_process_learns_that_they_disagree(tmp_path: Path) -> None:
     """What stops a job whose processes decoded different numbers of images, all at once, before training."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_agree_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_agree_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     assert [json.loads((tmp_path / f"agree{r}.json").read_text()) for r in range(WORLD)] == [[True, False]] * 2
 
 

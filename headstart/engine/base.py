@@ -41,6 +41,14 @@ def precision_for(device: str | torch.device) -> str:
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
+def autocast_for(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """Fine-tuning's autocast on ``device``: bf16 on CUDA (``precision_for``), none elsewhere."""
+    dev = torch.device(device)
+    if precision_for(dev) == "bf16":
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class TorchEngine:
     """The reference path: eager PyTorch under ``inference_mode``, channels_last (1.7x faster on CPU here).
 

@@ -48,18 +48,14 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    grouped: bool = False  # in a process group (launched by torchrun), even of one process
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the collectives run: under torchrun, also with one process (a single-GPU NCCL smoke test
-        runs the very code several GPUs run)."""
-        return self.grouped
+    # In a process group, so the collectives run: under torchrun, also with one process (a single-GPU NCCL
+    # smoke test runs the very code several GPUs run).
+    enabled: bool = False
 
     @property
     def backend(self) -> str | None:
         """The process group's backend (nccl, gloo), None outside one."""
-        return str(tdist.get_backend()) if self.grouped else None
+        return str(tdist.get_backend()) if self.enabled else None
 
     @property
     def is_main(self) -> bool:
@@ -76,7 +72,7 @@ def current() -> Dist:
     """This process's place, from the process group if one is joined (else a single process)."""
     if not (tdist.is_available() and tdist.is_initialized()):
         return Dist()
-    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), grouped=True)
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), enabled=True)
 
 
 @contextlib.contextmanager
@@ -134,9 +130,7 @@ def sum_across(values: Sequence[float], d: Dist) -> list[float]:
     """Element-wise sum of ``values`` over all processes (float64; the values themselves when alone)."""
     if not d.enabled:
         return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64)
-    if tdist.get_backend() == "nccl":
-        t = t.cuda()
+    t = _on_group_device(torch.tensor(list(values), dtype=torch.float64))
     tdist.all_reduce(t)
     return t.cpu().tolist()
 
@@ -145,12 +139,15 @@ def same_everywhere(values: Sequence[float], d: Dist) -> bool:
     """Whether every process holds the same ``values`` (one MAX all-reduce of ``values`` and their negatives)."""
     if not d.enabled:
         return True
-    t = torch.tensor([*values, *(-v for v in values)], dtype=torch.float64)
-    if tdist.get_backend() == "nccl":
-        t = t.cuda()
+    t = _on_group_device(torch.tensor([*values, *(-v for v in values)], dtype=torch.float64))
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     n = len(values)
     return bool(torch.equal(t[:n], -t[n:]))
+
+
+def _on_group_device(t: torch.Tensor) -> torch.Tensor:
+    """``t`` where the group's collectives can read it: NCCL's on this process's GPU, gloo's anywhere."""
+    return t.cuda() if tdist.get_backend() == "nccl" and not t.is_cuda else t
 
 
 def pick(value: Any, d: Dist) -> Any:
@@ -169,9 +166,7 @@ def broadcast_state(model: nn.Module, d: Dist) -> None:
     if not d.enabled:
         return
     for t in model.state_dict().values():
-        if tdist.get_backend() == "nccl" and not t.is_cuda:
-            buf = t.cuda()
-            tdist.broadcast(buf, src=0)
+        buf = _on_group_device(t)
+        tdist.broadcast(buf, src=0)
+        if buf is not t:
             t.copy_(buf.cpu())
-        else:
-            tdist.broadcast(t, src=0)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from headstart.engine.base import resolve_device
+from headstart.engine.base import autocast_for, resolve_device
 from headstart.errors import ConfigError, DatasetError, TrainingDiverged
 from headstart.evaluate.curves import append_curve, reset_curves
 from headstart.models.base import Backbone
@@ -155,7 +155,7 @@ def train(model: Backbone, train_data: ImageSet, val_data: ImageSet | None, *,
         order = np.random.default_rng([seed, epoch]).permutation(len(train_feed))
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in train_feed.batches(train_shard(order, d), local_batch, epoch):
-            with _autocast(dev):
+            with autocast_for(dev):
                 logits = stepped(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             # A process whose loss diverges raises; torchrun then stops the others (no collective per step).
@@ -285,11 +285,6 @@ def _check_val_loss(loss: float, acc: float, epoch: int, lr: float, last_checkpo
                                f"{epoch + 1}; " + _advice(lr, last_checkpoint))
 
 
-def _autocast(dev: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (the GPU fast path: tensor cores, half the activation memory); fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def _validate(suffix: SuffixModel, model: Backbone, feed: Feed | None, batch_size: int,
               d: Dist) -> tuple[float, float]:
@@ -300,7 +295,7 @@ def _validate(suffix: SuffixModel, model: Backbone, feed: Feed | None, batch_siz
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y in feed.batches(deal(len(feed), d), batch_size):
-        with _autocast(x.device):
+        with autocast_for(x.device):
             logits = suffix(x).float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
