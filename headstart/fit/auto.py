@@ -32,7 +32,7 @@ from typing import Any
 from headstart.advise.plan import Plan
 from headstart.config import FitConfig, changed_from_defaults, deep_update, from_dict, load_toml, to_dict
 from headstart.data.loader import failures_reported_once
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, TrainingDiverged
 from headstart.fit.auto_cost import (
     MIN_EPOCHS,
     BackboneCost,
@@ -167,6 +167,8 @@ def _fit_auto(cfg: FitConfig, *, progress: bool, resume: bool) -> dict[str, Any]
     order = sorted(cands, key=lambda c: c.strategy != "linear")
     deadline = t_start + budget_s if budget_s > 0 else None
 
+    failures: list[TrainingDiverged] = []
+
     def run_candidate(c: Candidate, resume: bool = False) -> None:
         _run(c, progress=progress, resume=resume,
              on_epoch_end=_within_budget(c, deadline, say.epoch(c) if progress else None))
@@ -207,8 +209,15 @@ def _fit_auto(cfg: FitConfig, *, progress: bool, resume: bool) -> dict[str, Any]
                                                             if cut else "")
         say(f"step {2 + i}/3 · candidate {i + 1} of 2 ({c.role}): {c.what}{epochs} · estimated "
             f"{_dur(c.estimate_s)}, ETA {_clock(c.estimate_s)}")
-        run_candidate(c)
+        try:
+            run_candidate(c)
+        except TrainingDiverged as exc:  # the other candidate may still give a model
+            failures.append(exc)
+            c.skipped = f"training diverged ({exc})"
+            say(f"{c.role} failed, kept out of the comparison: {c.skipped}")
 
+    if all(c.metrics is None for c in cands) and failures:
+        raise failures[0]
     winner, why = choose([c for c in cands if c.metrics is not None])
     say(f"kept {winner.strategy} ({winner.role}): {why}")
     _promote(run.path, Path(winner.cfg.out))

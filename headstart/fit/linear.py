@@ -56,7 +56,7 @@ def fit_linear(cfg: FitConfig, *, progress: bool = True) -> dict[str, Any]:
                            ds.classes)
     from headstart.bundle import save_linear_bundle
 
-    save_linear_bundle(run.bundle, model=cfg.model, weights_id=backbone.weights_id, taps=layer, spec=backbone.spec,
+    save_linear_bundle(run.bundle, model=backbone.name, weights_id=backbone.weights_id, taps=layer, spec=backbone.spec,
                        classes=ds.classes, head=params)
     metrics = {
         "strategy": "linear", "model": cfg.model, "layer": layer_name(layer), "head": cfg.linear.head, "C": C,

@@ -75,7 +75,7 @@ class Backbone(nn.Module):
             if name in wanted:
                 out[name] = x
         if POOLED in wanted:
-            out[POOLED] = x.mean(dim=(2, 3))
+            out[POOLED] = x.mean(dim=(2, 3)) if x.ndim == 4 else x  # a vector already (an ONNX net's fc7)
         return out
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from headstart.errors import UnknownModelError, WeightsNotInstalledError
 from headstart.models.base import Backbone
 from headstart.models.catalogue import EFFICIENTNET_LITE, WeightsSource
 from headstart.models.efficientnet_lite import EfficientNetLite
+from headstart.models.onnx_backbone import build_onnx_backbone, canonical_name, is_onnx_name
 from headstart.models.spec import PreprocessSpec
 from headstart.models.tiny import TinyNet
 
@@ -47,7 +49,11 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def model_entry(name: str) -> ZooEntry:
-    """The zoo entry for ``name``; an unknown name lists the known ones."""
+    """The zoo entry for ``name``; an unknown name lists the known ones. ``onnx:PATH[@preset]`` is any ONNX
+    image classifier (``models.onnx_backbone``)."""
+    if is_onnx_name(name):
+        canonical = canonical_name(name)
+        return ZooEntry(canonical, functools.partial(_onnx_build, canonical), 0, None, "ONNX file")
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -87,6 +93,13 @@ def _load_pretrained(model: Backbone, entry: ZooEntry) -> None:
         raise TypeError(f"no weight converter for {type(model).__name__}")
     model.load_tf_port_state_dict(state)
     model.weights_id = src.weights_id
+
+
+def _onnx_build(name: str, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> Backbone:
+    if drop_path_rate:
+        raise ValueError("drop_path (stochastic depth) needs the zoo's own networks; an ONNX graph has no "
+                         "residual branches to drop")
+    return build_onnx_backbone(name, drop_rate)
 
 
 def _lite_builder(name: str) -> Callable[..., Backbone]:

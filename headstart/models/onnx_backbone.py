@@ -1,0 +1,370 @@
+"""Any ONNX image classifier as a backbone: ``--model onnx:PATH`` (``onnx:PATH@PRESET`` names a preset).
+
+The converted graph (see ``onnx_import``) is cut into stages the way the zoo's own networks are:
+
+* the **classifier** is the last Gemm / MatMul(+Add) / 1×1 Conv before the output, found by walking back past
+  softmax, flattening and pooling; it becomes an ``nn.Linear`` (the ImageNet head the advisor reads);
+* what feeds it, back past global pooling and flattening, is the **trunk**; ``pooled`` is the global average
+  of the trunk's output (or the trunk's output itself when it is already a vector, as VGG's fc7 is);
+* the trunk is cut where one tensor carries everything onward (between ResNet blocks, Inception modules, VGG
+  layers); pieces without weights (pooling, LRN) join the piece after them; consecutive pieces at the same
+  spatial size form one **stage**, named after its last node (its tap), and each fully connected piece is a
+  stage of its own. ``--freeze K`` counts these stages.
+
+Preprocessing comes from a sidecar TOML beside the model (``model.toml`` or ``model.onnx.toml``) or a preset;
+without either, ``imagenet-torch``. Sidecar keys: ``preset``, ``input_size``, ``crop_pct``, ``mean``, ``std``
+(0–255 pixels, in the model's channel order), ``channels`` (rgb|bgr), ``interpolation``. The input layout
+(NCHW or NHWC) and size are read from the graph's input.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import tomllib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from headstart.errors import OnnxImportError
+from headstart.models.base import POOLED, Backbone
+from headstart.models.onnx_import import convert, graph_inputs, load_prepared, static_shape
+from headstart.models.spec import PreprocessSpec
+
+PREFIX = "onnx:"
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+PRESETS: dict[str, dict[str, Any]] = {
+    # torchvision / timm exports: RGB, ImageNet mean/std
+    "imagenet-torch": {"mean": IMAGENET_MEAN, "std": (58.395, 57.12, 57.375), "channels": "rgb"},
+    # the Caffe Model Zoo (AlexNet, VGG, GoogLeNet, ResNet): BGR, mean subtracted, no scaling
+    "caffe-bgr": {"mean": (103.939, 116.779, 123.68), "std": (1.0, 1.0, 1.0), "channels": "bgr"},
+    # TensorFlow Inception / MobileNet / EfficientNet ports: pixels to [-1, 1]
+    "tf-inception": {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5), "channels": "rgb"},
+}
+_SIDECAR_KEYS = {"preset", "input_size", "crop_pct", "mean", "std", "channels", "interpolation"}
+# Between the classifier and the output; between the trunk and the classifier.
+_AFTER_CLASSIFIER = {"Softmax", "LogSoftmax", "Flatten", "Reshape", "Squeeze", "GlobalAveragePool",
+                     "AveragePool", "ReduceMean", "Relu", "Identity", "Sigmoid"}
+_POOLING = {"GlobalAveragePool", "AveragePool", "ReduceMean", "Flatten", "Reshape", "Squeeze"}
+# onnx2torch's Slice indexes with a list, which torch warns about (harmlessly) at every new call site.
+warnings.filterwarnings("ignore", message=".*non-tuple sequence for multidimensional indexing.*")
+_WEIGHTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+_WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    spec: PreprocessSpec
+    bgr: bool
+    source: str  # "preset caffe-bgr", "sidecar resnet50.toml (preset imagenet-torch)"...
+
+
+def is_onnx_name(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def canonical_name(name: str) -> str:
+    """``onnx:`` + absolute path (+ ``@preset``): the same model from any working directory."""
+    path, preset = _split(name)
+    return PREFIX + str(path) + (f"@{preset}" if preset else "")
+
+
+def build_onnx_backbone(name: str, drop_rate: float = 0.0) -> OnnxBackbone:
+    path, preset = _split(name)
+    if not path.is_file():
+        raise OnnxImportError(f"no ONNX model at {path}")
+    stat = path.stat()
+    model = copy.deepcopy(_converted(str(path), stat.st_mtime_ns, stat.st_size, preset))
+    model.drop_rate = drop_rate
+    return model
+
+
+def _split(name: str) -> tuple[Path, str | None]:
+    rest = name[len(PREFIX):]
+    path, _, preset = rest.rpartition("@") if "@" in rest and not Path(rest).exists() else (rest, "", "")
+    if preset and preset not in PRESETS:
+        raise OnnxImportError(f"unknown preprocessing preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return Path(path).expanduser().resolve(), preset or None
+
+
+@functools.lru_cache(maxsize=4)
+def _converted(path: str, _mtime_ns: int, _size: int, preset: str | None) -> OnnxBackbone:
+    """Conversion takes seconds: once per (file version, preset) in a process; callers get deep copies."""
+    return OnnxBackbone(Path(path), preset)
+
+
+class OnnxBackbone(Backbone):
+    """A converted ONNX classifier with stages, taps and a linear classifier like the zoo's networks."""
+
+    near_copy_cosine = None  # the near-duplicate threshold was calibrated on EfficientNet-Lite0 only
+
+    def __init__(self, path: Path, preset: str | None = None, drop_rate: float = 0.0) -> None:
+        super().__init__(drop_rate)
+        self.name = PREFIX + str(path) + (f"@{preset}" if preset else "")
+        self.weights_id = "onnx-" + _file_sha256(path)[:20]
+        prepared = load_prepared(path)
+        (inp,) = graph_inputs(prepared) or [None]
+        if inp is None:
+            raise OnnxImportError(f"{path}: the graph has no image input")
+        layout, size = _layout(static_shape(inp), path)
+        self.preprocessing = _preprocessing(path, preset, size)
+        self.spec = self.preprocessing.spec
+        gm = convert(prepared)
+        op_types = {n.name: n.op_type for n in prepared.graph.node}
+        example = torch.zeros(2, 3, self.spec.input_size, self.spec.input_size)
+        adapter = InputAdapter(self.preprocessing.bgr, layout == "nhwc")
+        ShapeProp(gm).propagate(adapter(example))
+        trunk_end, classifier = _classifier(gm, op_types, path)
+        self.classifier = classifier
+        stages, shapes = _stages(gm, trunk_end, op_types)
+        first = next(iter(stages))
+        stages[first] = nn.Sequential(adapter, stages[first])
+        self.stages = nn.ModuleDict(stages)
+        self._shapes = shapes
+        self.layout = layout
+
+    @property
+    def num_features(self) -> dict[str, int]:
+        out = {name: int(shape[1]) for name, shape in self._shapes.items()}
+        out[POOLED] = self.classifier.in_features
+        return out
+
+    def tap_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each tap's output shape for one image (C, H, W) or (C,)."""
+        return {name: tuple(int(d) for d in shape[1:]) for name, shape in self._shapes.items()}
+
+
+class InputAdapter(nn.Module):
+    """From the pipeline's NCHW RGB tensor to what the graph expects: BGR order, NHWC layout."""
+
+    def __init__(self, bgr: bool, nhwc: bool) -> None:
+        super().__init__()
+        self.bgr, self.nhwc = bgr, nhwc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bgr:
+            x = x.flip(1)
+        if self.nhwc:
+            x = x.permute(0, 2, 3, 1)
+        return x
+
+
+# -- preprocessing ---------------------------------------------------------------------------------------
+def _layout(shape: list[int | None], path: Path) -> tuple[str, int | None]:
+    if len(shape) != 4:
+        raise OnnxImportError(f"{path}: the input has shape {shape}; an image classifier takes (N, 3, H, W) "
+                              "or (N, H, W, 3)")
+    if shape[1] == 3:
+        return "nchw", shape[2] if shape[2] == shape[3] else None
+    if shape[3] == 3:
+        return "nhwc", shape[1] if shape[1] == shape[2] else None
+    raise OnnxImportError(f"{path}: the input {shape} has no 3-channel axis (second or last)")
+
+
+def sidecar_path(path: Path) -> Path | None:
+    for candidate in (path.with_suffix(".toml"), path.with_name(path.name + ".toml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _preprocessing(path: Path, preset: str | None, graph_size: int | None) -> Preprocessing:
+    values: dict[str, Any] = {}
+    side = sidecar_path(path)
+    if side is not None:
+        with side.open("rb") as f:
+            values = tomllib.load(f)
+        unknown = sorted(set(values) - _SIDECAR_KEYS)
+        if unknown:
+            raise OnnxImportError(f"{side}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_SIDECAR_KEYS))}")
+    name = preset or values.get("preset", "imagenet-torch")
+    if name not in PRESETS:
+        raise OnnxImportError(f"unknown preprocessing preset {name!r}; choose from {', '.join(PRESETS)}")
+    merged = {**PRESETS[name], **{k: v for k, v in values.items() if k != "preset"}}
+    channels = str(merged["channels"]).lower()
+    if channels not in ("rgb", "bgr"):
+        raise OnnxImportError(f"channels must be rgb or bgr, got {channels!r}")
+    size = int(merged.get("input_size") or graph_size or 224)
+    if graph_size is not None and size != graph_size:
+        raise OnnxImportError(f"input_size {size} but the graph takes {graph_size}×{graph_size} images")
+    mean, std = tuple(float(v) for v in merged["mean"]), tuple(float(v) for v in merged["std"])
+    if len(mean) != 3 or len(std) != 3:
+        raise OnnxImportError("mean and std take three numbers, one per channel")
+    if channels == "bgr":  # the spec is in RGB order: the adapter flips after normalising
+        mean, std = mean[::-1], std[::-1]
+    spec = PreprocessSpec(input_size=size, crop_pct=float(merged.get("crop_pct", 0.875)), mean=mean,  # type: ignore[arg-type]
+                          std=std, interpolation=str(merged.get("interpolation", "bilinear")))  # type: ignore[arg-type]
+    source = f"preset {name}" if side is None else f"{side.name} (preset {name})"
+    return Preprocessing(spec, channels == "bgr", source)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- the graph: classifier and stages --------------------------------------------------------------------
+def _op(node: fx.Node, op_types: dict[str, str]) -> str:
+    return op_types.get(str(node.target), "") if node.op == "call_module" else node.op
+
+
+def _const(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        value = gm
+        for part in str(node.target).split("."):
+            value = getattr(value, part)
+        return value.detach() if isinstance(value, torch.Tensor) else None
+    return None
+
+
+def _classifier(gm: fx.GraphModule, op_types: dict[str, str], path: Path) -> tuple[fx.Node, nn.Linear]:
+    (out,) = [n for n in gm.graph.nodes if n.op == "output"]
+    node = out.args[0]
+    if isinstance(node, (tuple, list)):
+        node = node[0]
+    while isinstance(node, fx.Node) and _op(node, op_types) in _AFTER_CLASSIFIER:
+        node = node.args[0]
+    found = _as_linear(gm, node, op_types) if isinstance(node, fx.Node) else None
+    if found is None:
+        raise OnnxImportError(f"{path}: no classifier layer (Gemm, MatMul or 1×1 Conv) found before the output")
+    feat, linear = found
+    while _op(feat, op_types) in _POOLING:
+        feat = feat.args[0]
+    return feat, linear
+
+
+def _as_linear(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> tuple[fx.Node, nn.Linear] | None:
+    op, module = _op(node, op_types), gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+    weight = bias = None
+    if isinstance(module, nn.Linear):
+        weight, bias = module.weight.detach(), module.bias.detach() if module.bias is not None else None
+    elif isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1:
+        weight = module.weight.detach().flatten(1)
+        bias = module.bias.detach() if module.bias is not None else None
+    elif op == "Gemm" and module is not None:
+        w = _const(gm, node.args[1])
+        if w is not None:
+            weight = w if getattr(module, "trans_b", 0) else w.t()
+            weight = weight * float(getattr(module, "alpha", 1.0))
+            c = _const(gm, node.args[2]) if len(node.args) > 2 else None
+            bias = c * float(getattr(module, "beta", 1.0)) if c is not None else None
+    elif op == "Add":
+        mm = next((a for a in node.args if isinstance(a, fx.Node) and _op(a, op_types) == "MatMul"), None)
+        c = next((_const(gm, a) for a in node.args if _const(gm, a) is not None), None)
+        if mm is not None and c is not None:
+            found = _as_linear(gm, mm, op_types)
+            if found is not None:
+                feat, linear = found
+                with torch.no_grad():
+                    linear.bias.copy_(c.reshape(-1))
+                return feat, linear
+    elif op == "MatMul":
+        w = _const(gm, node.args[1])
+        weight = w.t() if w is not None and w.ndim == 2 else None
+    if weight is None:
+        return None
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias.reshape(-1) if bias is not None else torch.zeros(weight.shape[0]))
+    feat = node.args[0]
+    assert isinstance(feat, fx.Node)
+    return feat, linear
+
+
+def _stages(gm: fx.GraphModule, trunk_end: fx.Node, op_types: dict[str, str]) -> tuple[dict[str, nn.Module], dict[str, torch.Size]]:
+    """Cut the trunk into stages (see the module docstring); each stage a GraphModule of one tensor."""
+    needed = _ancestors(trunk_end)
+    order = [n for n in gm.graph.nodes if n in needed and n.op not in ("get_attr", "placeholder")]
+    index = {n: i for i, n in enumerate(order)}
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    last_use = {n: max([index[u] for u in n.users if u in index], default=i) for i, n in enumerate(order)}
+    live = max([index[u] for u in placeholder.users if u in index], default=0)
+    pieces: list[list[fx.Node]] = [[]]
+    for i, node in enumerate(order):
+        pieces[-1].append(node)
+        if live <= i and i < len(order) - 1:  # nothing made before this node is read after it: a cut
+            pieces.append([])
+        live = max(live, last_use[node])
+    # Pieces without weights (pooling, activation, LRN) join the next piece; a trailing one the previous.
+    # Each merged piece keeps the node whose output size decides its stage: its last weighted piece's end.
+    merged: list[tuple[list[fx.Node], fx.Node]] = []
+    carry: list[fx.Node] = []
+    for piece in pieces:
+        carry += piece
+        if any(_weighted(gm, n, op_types) for n in piece):
+            merged.append((carry, piece[-1]))
+            carry = []
+    if carry and merged:
+        merged[-1][0].extend(carry)
+    elif carry:
+        merged.append((carry, carry[-1]))
+    # Consecutive 4-D pieces at one spatial size form a stage; each vector piece is a stage.
+    groups: list[list[fx.Node]] = []
+    prev: torch.Size | None = None
+    for piece, key in merged:
+        shape = _shape(key)
+        if prev is not None and len(shape) == 4 and len(prev) == 4 and shape[2:] == prev[2:]:
+            groups[-1] += piece
+        else:
+            groups.append(list(piece))
+        prev = shape
+    stages: dict[str, nn.Module] = {}
+    shapes: dict[str, torch.Size] = {}
+    source = placeholder
+    for group in groups:
+        name = str(group[-1].name)
+        stages[name] = _subgraph(gm, source, group)
+        shapes[name] = _shape(group[-1])
+        source = group[-1]
+    return stages, shapes
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
+    return seen
+
+
+def _weighted(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> bool:
+    return _op(node, op_types) in _WEIGHTED_OPS or (
+        node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _WEIGHTED))
+
+
+def _shape(node: fx.Node) -> torch.Size:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise OnnxImportError(f"node {node.name} has no single-tensor output to cut at")
+    return meta.shape
+
+
+def _subgraph(gm: fx.GraphModule, source: fx.Node, nodes: Sequence[fx.Node]) -> fx.GraphModule:
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {source: graph.placeholder("x")}
+
+    def arg(n: fx.Node) -> fx.Node:
+        if n not in env:
+            if n.op != "get_attr":
+                raise OnnxImportError(f"node {n.name} crosses a stage boundary")
+            env[n] = graph.get_attr(str(n.target))
+        return env[n]
+
+    for node in nodes:
+        env[node] = graph.node_copy(node, arg)
+    graph.output(env[nodes[-1]])
+    return fx.GraphModule(gm, graph)
