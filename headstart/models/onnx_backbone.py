@@ -116,7 +116,7 @@ class OnnxBackbone(Backbone):
         layout, size = _layout(static_shape(inp), path)
         self.preprocessing = _preprocessing(path, preset, size)
         self.spec = self.preprocessing.spec
-        gm = convert(prepared)
+        gm = convert(prepared).eval()  # eval: the shape pass below must not move BatchNorm's running stats
         op_types = {n.name: n.op_type for n in prepared.graph.node}
         example = torch.zeros(2, 3, self.spec.input_size, self.spec.input_size)
         adapter = InputAdapter(self.preprocessing.bgr, layout == "nhwc")

@@ -1,0 +1,208 @@
+"""``--model onnx:PATH``: foreign ONNX classifiers load, list taps, extract, fine-tune, bundle and export.
+
+Fixtures: the real topologies with placeholder weights that the ``onnx`` wheel ships (``light_*``), with their
+weights replaced by random ones so that outputs differ per channel, and our own EfficientNet-Lite0 exported to
+ONNX and read back as a foreign model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from headstart.errors import HeadstartError, OnnxImportError
+from headstart.models import POOLED, create_model
+from headstart.models.onnx_import import load_prepared
+from tests.conftest import make_class_folder
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+# The head is a Gemm (or a 1x1 Conv on a pooled vector): the converted model must compute the same function.
+SAME_FUNCTION = ["light_resnet50", "light_bvlc_alexnet", "light_inception_v1", "light_densenet121",
+                 "light_vgg19"]
+
+
+def randomised(name: str, dst: Path) -> Path:
+    """The light model tidied (constants folded) with random He-scaled weights, BatchNorm near identity, and
+    its final Softmax removed, so that its output is the logits."""
+    model = load_prepared(LIGHT / f"{name}.onnx")
+    rng = np.random.default_rng(0)
+    g = model.graph
+    bn = {n.input[i]: i for n in g.node if n.op_type == "BatchNormalization" for i in (1, 2, 3, 4)}
+    for init in g.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype != np.float32:
+            continue
+        if init.name in bn:  # scale, bias, mean, variance
+            new = [None, rng.uniform(0.8, 1.2, arr.shape), rng.normal(0, 0.1, arr.shape),
+                   rng.normal(0, 0.1, arr.shape), rng.uniform(0.8, 1.2, arr.shape)][bn[init.name]]
+        elif arr.ndim >= 2 and arr.size > arr.shape[0]:
+            new = rng.normal(0, np.sqrt(1.0 / int(np.prod(arr.shape[1:]))), arr.shape)
+        else:
+            new = rng.normal(0, 0.1, arr.shape) if arr.ndim else arr
+        init.CopyFrom(numpy_helper.from_array(np.asarray(new, np.float32), init.name))
+    last = g.node[-1]
+    if last.op_type == "Softmax":
+        g.output[0].name = last.input[0]
+        g.node.remove(last)
+    path = dst / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", SAME_FUNCTION)
+def test_light_models_convert_to_the_same_function_with_stages_and_taps(name: str, tmp_path: Path) -> None:
+    path = randomised(name, tmp_path)
+    model = create_model(f"onnx:{path}").eval()
+    assert len(model.stages) >= 4 and model.tap_names[-1] == POOLED
+    x = torch.randn(3, 3, 224, 224)  # a batch of 3: the graph was exported for batch 1
+    with torch.no_grad():
+        ours = model(x).numpy()
+        taps = model.forward_taps(x, model.tap_names)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    theirs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0].reshape(3, -1)
+    scale = float(np.abs(theirs).max())
+    np.testing.assert_allclose(ours, theirs, atol=1e-4 * scale)
+    assert theirs.std() > 1e-3 * scale  # the random weights make the classes differ: a real comparison
+    for tap, out in taps.items():
+        code = out if out.ndim == 2 else out.mean(dim=(2, 3))
+        assert code.shape == (3, model.num_features[tap]) and torch.isfinite(code).all()
+
+
+def test_tidying_the_graph_keeps_its_outputs() -> None:
+    """Folded constants, dropped Dropout, Caffe's uneven AveragePool rewritten: the same numbers at batch 1."""
+    name = "light_inception_v1"  # has all three
+    original = onnx.load(str(LIGHT / f"{name}.onnx"))
+    assert {n.op_type for n in original.graph.node} >= {"ConstantOfShape", "Dropout", "AveragePool"}
+    prepared = load_prepared(LIGHT / f"{name}.onnx")
+    assert not {n.op_type for n in prepared.graph.node} & {"ConstantOfShape", "Dropout"}
+    x = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
+    outs = []
+    for m in (original, prepared):
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_bvlc_alexnet"])
+def test_light_models_extract_codes_on_the_fast_engine(name: str, tmp_path: Path) -> None:
+    from headstart.features.extract import extract_codes
+
+    path = randomised(name, tmp_path)
+    data = make_class_folder(tmp_path / "data", n_per_class=3)
+    paths = sorted(data.rglob("*.png"))
+    model = create_model(f"onnx:{path}")
+    taps = list(model.tap_names)
+    fast = extract_codes(paths, model, taps, cache=None, backend="openvino", progress=False).codes
+    slow = extract_codes(paths, model, taps, cache=None, backend="torch", progress=False).codes
+    for tap in taps:
+        assert fast[tap].shape == (len(paths), model.num_features[tap])
+        np.testing.assert_allclose(fast[tap], slow[tap], rtol=2e-2, atol=2e-2 * float(np.abs(slow[tap]).max()))
+
+
+@pytest.fixture(scope="module")
+def lite0_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our Lite0 with its ImageNet head, exported to ONNX, with a sidecar giving its preprocessing."""
+    from headstart.engine.onnx_export import export_onnx
+
+    d = tmp_path_factory.mktemp("lite0")
+    native = create_model("efficientnet_lite0")
+    path = d / "lite0.onnx"
+    shutil.copy(export_onnx(native, (3, 224, 224), cache_dir=d / "engines", output_names=["logits"]), path)
+    s = native.spec
+    (d / "lite0.toml").write_text(f"mean = {list(s.mean)}\nstd = {list(s.std)}\ninterpolation = "
+                                  f'"{s.interpolation}"\ncrop_pct = {s.crop_pct}\n')
+    return path
+
+
+def test_lite0_read_back_as_a_foreign_model_gives_the_native_codes(lite0_onnx: Path, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from headstart.features.extract import extract_codes
+
+    native, foreign = create_model("efficientnet_lite0"), create_model(f"onnx:{lite0_onnx}")
+    assert foreign.spec == native.spec and foreign.weights_id.startswith("onnx-")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        a = native.forward_taps(x, [POOLED])[POOLED]
+        b = foreign.forward_taps(x, [POOLED])[POOLED]
+    assert float((a - b).abs().max()) < 1e-4
+
+    data = make_class_folder(tmp_path / "data", n_per_class=8, classes=("a", "b", "c"))
+    paths = sorted(data.rglob("*.png"))
+    labels = np.array([p.parent.name for p in paths])
+    codes = [extract_codes(paths, m, [POOLED], cache=None, backend="openvino", progress=False).codes[POOLED]
+             for m in (native, foreign)]
+    assert float(np.abs(codes[0] - codes[1]).max()) < 2e-3  # codes are stored as float16
+    train = np.arange(len(paths)) % 2 == 0
+    preds = [LogisticRegression(max_iter=2000).fit(c[train], labels[train]).predict(c[~train]) for c in codes]
+    assert (preds[0] == preds[1]).all()
+
+
+def test_fit_finetune_bundle_predict_and_export_with_an_onnx_backbone(lite0_onnx: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from headstart.bundle import load
+    from headstart.config import DataConfig, EngineConfig, FinetuneConfig, FitConfig
+    from headstart.export import export_run
+    from headstart.fit import fit
+
+    data = make_class_folder(tmp_path / "data", n_per_class=10)
+    monkeypatch.chdir(lite0_onnx.parent)  # a relative path: the bundle must still find the model elsewhere
+    cfg = FitConfig(out=str(tmp_path / "run"), strategy="finetune", model="onnx:lite0.onnx",
+                    data=DataConfig(path=str(data)),
+                    engine=EngineConfig(backend="torch", cache_dir=str(tmp_path / "cache"), batch_size=8),
+                    finetune=FinetuneConfig(epochs=1, freeze=3))
+    start = create_model(f"onnx:{lite0_onnx}")
+    metrics = fit(cfg, progress=False)
+    assert metrics["strategy"] == "finetune"
+    monkeypatch.chdir(tmp_path)
+    loaded = load(tmp_path / "run")
+    tuned = loaded.predictor.module
+    names = list(start.stages)
+    for name in names[:3]:  # frozen: bit for bit the converted weights
+        for p0, p1 in zip(start.stages[name].parameters(), tuned.stages[name].parameters()):
+            assert torch.equal(p0, p1)
+    moved = [not torch.equal(p0, p1) for p0, p1 in zip(start.stages[names[-1]].parameters(),
+                                                       tuned.stages[names[-1]].parameters())]
+    assert any(moved)
+    images = sorted(data.rglob("*.png"))[:4]
+    probs = loaded.predict_proba(images)
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    out = export_run(tmp_path / "run", tmp_path / "exported", fmt="onnx")
+    assert (out / "model.onnx").is_file()
+
+
+def test_models_inspect_lists_taps_shapes_and_preprocessing(tmp_path: Path) -> None:
+    from headstart.cli import app
+
+    path = tmp_path / "r50.onnx"
+    shutil.copy(LIGHT / "light_resnet50.onnx", path)
+    result = CliRunner().invoke(app, ["models", "--inspect", f"onnx:{path}@caffe-bgr"])
+    assert result.exit_code == 0, result.output
+    assert "2048×7×7" in result.output and "1024×14×14" in result.output and "pooled" in result.output
+    assert "preset caffe-bgr" in result.output and "BGR" in result.output
+    (tmp_path / "r50.toml").write_text('preset = "tf-inception"\n')
+    result = CliRunner().invoke(app, ["models", "--inspect", f"onnx:{path}"])
+    assert "r50.toml (preset tf-inception)" in result.output and "[127.5, 127.5, 127.5]" in result.output
+
+
+def test_bad_onnx_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(OnnxImportError, match="no ONNX model at"):
+        create_model(f"onnx:{tmp_path / 'missing.onnx'}")
+    with pytest.raises(OnnxImportError, match="choose from imagenet-torch, caffe-bgr, tf-inception"):
+        create_model(f"onnx:{LIGHT / 'light_squeezenet.onnx'}@caffe")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(OnnxImportError, match="not a readable ONNX model"):
+        create_model(f"onnx:{junk}")
+    shutil.copy(LIGHT / "light_squeezenet.onnx", tmp_path / "sq.onnx")
+    (tmp_path / "sq.toml").write_text("mean = [1, 2]\n")
+    with pytest.raises(HeadstartError, match="three numbers"):
+        create_model(f"onnx:{tmp_path / 'sq.onnx'}")
