@@ -18,7 +18,8 @@ def advise_command(
                                          "DATA/{train,val,test}/<class>/<images>.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts, scores and plan as one JSON "
                                           "object.")] = False,
-    model: Annotated[str, typer.Option("--model", "-m", help="Backbone from `headstart models`.")]
+    model: Annotated[str, typer.Option("--model", "-m", help=(
+        "Backbone from `headstart models`, or onnx:PATH, onnx:PATH@PRESET (any ONNX image classifier)."))]
     = "efficientnet_lite0",
     seed: Annotated[int, typer.Option(min=0, help="Seed of fit's test split, which advise leaves unread (use "
                                       "the one you will fit with); the scores' folds do not depend on it.")] = 0,

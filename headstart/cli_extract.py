@@ -20,7 +20,8 @@ console = Console(soft_wrap=True)
 def extract_command(
     data: Annotated[Path, typer.Argument(help="Image folder (class subfolders) or a folder of images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for codes_<tap>.npy and index.json.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Backbone name.")] = "efficientnet_lite0",
+    model: Annotated[str, typer.Option("--model", "-m", help=(
+        "Backbone name, or onnx:PATH, onnx:PATH@PRESET (any ONNX image classifier)."))] = "efficientnet_lite0",
     layer: Annotated[str, typer.Option(help="Tap(s), comma-separated: e.g. pooled or stage5,stage6.")] = "pooled",
     backend: BackendOpt = "auto",
     batch_size: Annotated[str, typer.Option(help="Images per batch, or auto: start at 64 and halve on "

@@ -156,7 +156,9 @@ class FitConfig:
                             "plan and, within --budget, the runner-up; the better on validation is kept; options "
                             "you set away from their defaults win over the plan's), linear (CNN codes + a linear "
                             "classifier) or finetune")
-    model: str = setting("efficientnet_lite0", flag=("--model", "-m"), help="backbone from `headstart models`")
+    model: str = setting("efficientnet_lite0", flag=("--model", "-m"),
+                         help="backbone from `headstart models`, or onnx:PATH, onnx:PATH@PRESET (any ONNX image "
+                         "classifier; see `headstart models --inspect`)")
     data: DataConfig = field(default_factory=DataConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)

@@ -282,7 +282,8 @@ def _as_linear(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> t
     return feat, linear
 
 
-def _stages(gm: fx.GraphModule, trunk_end: fx.Node, op_types: dict[str, str]) -> tuple[dict[str, nn.Module], dict[str, torch.Size]]:
+def _stages(gm: fx.GraphModule, trunk_end: fx.Node,
+            op_types: dict[str, str]) -> tuple[dict[str, nn.Module], dict[str, torch.Size]]:
     """Cut the trunk into stages (see the module docstring); each stage a GraphModule of one tensor."""
     needed = _ancestors(trunk_end)
     order = [n for n in gm.graph.nodes if n in needed and n.op not in ("get_attr", "placeholder")]
