@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,20 +47,15 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
     from headstart.data import find_images
-    from headstart.engine.onnx_export import export_onnx
     from headstart.features.extract import extract_codes
     from headstart.models import POOLED, create_model
+    from headstart.models.onnx_backbone import save_as_onnx
 
     rows = [load_cost(n) for n in TOPOLOGIES]
     for r in rows:
         print(r)
-    tmp = Path(tempfile.mkdtemp())
     native = create_model("efficientnet_lite0")
-    path = tmp / "lite0.onnx"
-    shutil.copy(export_onnx(native, (3, 224, 224), cache_dir=tmp / "engines", output_names=["logits"]), path)
-    s = native.spec
-    (tmp / "lite0.toml").write_text(f"mean = {list(s.mean)}\nstd = {list(s.std)}\ninterpolation = "
-                                    f'"{s.interpolation}"\ncrop_pct = {s.crop_pct}\n')
+    path = save_as_onnx(native, Path(tempfile.mkdtemp()) / "lite0.onnx")
     foreign = create_model(f"onnx:{path}")
     splits = {sp: find_images([args.data / sp]) for sp in ("train", "test")}
     labels = {sp: np.array([p.parent.name for p in files]) for sp, files in splits.items()}

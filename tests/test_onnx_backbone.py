@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from headstart.errors import HeadstartError, OnnxImportError
 from headstart.models import POOLED, create_model
+from headstart.models.onnx_backbone import save_as_onnx
 from headstart.models.onnx_import import load_prepared
 from tests.conftest import make_class_folder
 
@@ -110,16 +111,7 @@ def test_light_models_extract_codes_on_the_fast_engine(name: str, tmp_path: Path
 @pytest.fixture(scope="module")
 def lite0_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Our Lite0 with its ImageNet head, exported to ONNX, with a sidecar giving its preprocessing."""
-    from headstart.engine.onnx_export import export_onnx
-
-    d = tmp_path_factory.mktemp("lite0")
-    native = create_model("efficientnet_lite0")
-    path = d / "lite0.onnx"
-    shutil.copy(export_onnx(native, (3, 224, 224), cache_dir=d / "engines", output_names=["logits"]), path)
-    s = native.spec
-    (d / "lite0.toml").write_text(f"mean = {list(s.mean)}\nstd = {list(s.std)}\ninterpolation = "
-                                  f'"{s.interpolation}"\ncrop_pct = {s.crop_pct}\n')
-    return path
+    return save_as_onnx(create_model("efficientnet_lite0"), tmp_path_factory.mktemp("lite0") / "lite0.onnx")
 
 
 def test_lite0_read_back_as_a_foreign_model_gives_the_native_codes(lite0_onnx: Path, tmp_path: Path) -> None:

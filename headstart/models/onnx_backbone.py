@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import shutil
+import tempfile
 import tomllib
 import warnings
 from collections.abc import Sequence
@@ -84,6 +86,20 @@ def build_onnx_backbone(name: str, drop_rate: float = 0.0) -> OnnxBackbone:
     model = copy.deepcopy(_converted(str(path), stat.st_mtime_ns, stat.st_size, preset))
     model.drop_rate = drop_rate
     return model
+
+
+def save_as_onnx(model: Backbone, path: Path) -> Path:
+    """``model`` (its classifier included) as an ONNX file with a sidecar TOML of its preprocessing, so that
+    ``onnx:PATH`` reads it back with the same inputs: e.g. to hand a backbone to another tool and back."""
+    from headstart.engine.onnx_export import export_onnx
+
+    s = model.spec
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = export_onnx(model, (3, s.input_size, s.input_size), cache_dir=tmp, output_names=["logits"])
+        shutil.move(str(exported), path)
+    path.with_suffix(".toml").write_text(f"mean = {list(s.mean)}\nstd = {list(s.std)}\ncrop_pct = {s.crop_pct}\n"
+                                         f'interpolation = "{s.interpolation}"\n')
+    return path
 
 
 def _split(name: str) -> tuple[Path, str | None]:
