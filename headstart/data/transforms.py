@@ -90,9 +90,13 @@ def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def _normalize(img: Image.Image, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-    arr = np.asarray(img, dtype=np.float32)  # H, W, 3
-    arr = (arr - mean) * inv_std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    # CHW while still uint8 (a quarter of the bytes to move), then two passes in place: the same float32
+    # arithmetic as (pixel - mean) * inv_std, bit for bit, at about a seventh of the cost of converting HWC
+    # floats and transposing them (0.11 vs 0.8 ms a 224 image; benchmarks/profile_decode.py).
+    arr = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32)
+    arr -= mean.reshape(3, 1, 1)
+    arr *= inv_std.reshape(3, 1, 1)
+    return arr
 
 
 class EvalTransform:
