@@ -18,6 +18,7 @@ import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
+from headstart.engine.onnx_export import quiet_export
 from headstart.errors import HeadstartError, OnnxImportError
 from headstart.models import POOLED, create_model
 from headstart.models.onnx_backbone import save_as_onnx
@@ -198,3 +199,40 @@ def test_bad_onnx_inputs_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "sq.toml").write_text("mean = [1, 2]\n")
     with pytest.raises(HeadstartError, match="three numbers"):
         create_model(f"onnx:{tmp_path / 'sq.onnx'}")
+
+
+class _TfStyleNet(torch.nn.Module):
+    """A TensorFlow-style classifier: NHWC input, BGR weights, a MatMul + Add head (as tf2onnx writes it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.w = torch.nn.Parameter(torch.randn(16, 10, generator=g))
+        self.b = torch.nn.Parameter(torch.randn(10, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N, H, W, 3 (BGR)
+        x = torch.relu(self.conv1(x.permute(0, 3, 1, 2)))
+        x = torch.relu(self.conv2(x))
+        return torch.softmax(torch.matmul(x.mean(dim=(2, 3)), self.w) + self.b, dim=1)
+
+
+def test_nhwc_bgr_graph_with_a_matmul_head_is_fed_and_cut_right(tmp_path: Path) -> None:
+    net = _TfStyleNet().eval()
+    path = tmp_path / "tfnet.onnx"
+    with quiet_export():
+        torch.onnx.export(net, (torch.zeros(1, 64, 64, 3),), str(path), dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["probs"])
+    model = create_model(f"onnx:{path}@caffe-bgr").eval()
+    assert model.layout == "nhwc" and model.spec.input_size == 64
+    assert model.classifier.out_features == 10 and model.num_features[POOLED] == 16
+    rgb = torch.randn(2, 3, 64, 64)  # what the pipeline feeds: NCHW RGB, normalised
+    with torch.no_grad():
+        ours = torch.softmax(model(rgb), dim=1)
+        theirs = net(rgb.flip(1).permute(0, 2, 3, 1))  # what the graph expects: NHWC BGR
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-5)
+        pooled = model.forward_taps(rgb, [POOLED])[POOLED]
+    expected = torch.relu(net.conv2(torch.relu(net.conv1(rgb.flip(1))))).mean(dim=(2, 3))
+    np.testing.assert_allclose(pooled.numpy(), expected.detach().numpy(), atol=1e-5)
+    assert list(model.stages) and len(model.stages) == 2  # 32×32 and 16×16
