@@ -127,6 +127,15 @@ def test_lite0_read_back_as_a_foreign_model_gives_the_native_codes(lite0_onnx: P
         a = native.forward_taps(x, [POOLED])[POOLED]
         b = foreign.forward_taps(x, [POOLED])[POOLED]
     assert float((a - b).abs().max()) < 1e-4
+    # The stages end where the native ones do (the 1×1 expansion before each downsampling goes to the next
+    # stage): each foreign tap is a native stage's output, found by its shape.
+    with torch.no_grad():
+        theirs = {tuple(v.shape): v for v in native.forward_taps(x, native.tap_names).values() if v.ndim == 4}
+        ours = foreign.forward_taps(x, list(foreign.stages))
+    assert len(ours) == 5
+    for tap, value in ours.items():
+        assert tuple(value.shape) in theirs, (tap, tuple(value.shape))
+        assert float((value - theirs[tuple(value.shape)]).abs().max()) < 1e-4
 
     data = make_class_folder(tmp_path / "data", n_per_class=8, classes=("a", "b", "c"))
     paths = sorted(data.rglob("*.png"))

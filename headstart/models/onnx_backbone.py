@@ -9,7 +9,9 @@ The converted graph (see ``onnx_import``) is cut into stages the way the zoo's o
 * the trunk is cut where one tensor carries everything onward (between ResNet blocks, Inception modules, VGG
   layers); pieces without weights (pooling, LRN) join the piece after them; consecutive pieces at the same
   spatial size form one **stage**, named after its last node (its tap), and each fully connected piece is a
-  stage of its own. ``--freeze K`` counts these stages.
+  stage of its own; a widening 1×1 conv at the end of a stage (an inverted residual block's expansion before
+  it downsamples) moves to the next, so MobileNet-style stages end at block outputs. ``--freeze K`` counts
+  these stages.
 
 Preprocessing comes from a sidecar TOML beside the model (``model.toml`` or ``model.onnx.toml``) or a preset;
 without either, ``imagenet-torch``. Sidecar keys: ``preset``, ``input_size``, ``crop_pct``, ``mean``, ``std``
@@ -327,15 +329,21 @@ def _stages(gm: fx.GraphModule, trunk_end: fx.Node,
     elif carry:
         merged.append((carry, carry[-1]))
     # Consecutive 4-D pieces at one spatial size form a stage; each vector piece is a stage.
-    groups: list[list[fx.Node]] = []
+    grouped: list[list[list[fx.Node]]] = []
     prev: torch.Size | None = None
     for piece, key in merged:
         shape = _shape(key)
         if prev is not None and len(shape) == 4 and len(prev) == 4 and shape[2:] == prev[2:]:
-            groups[-1] += piece
+            grouped[-1].append(piece)
         else:
-            groups.append(list(piece))
+            grouped.append([piece])
         prev = shape
+    # An inverted residual block (MobileNet, EfficientNet) widens with a 1×1 conv before it downsamples: that
+    # conv belongs to the next stage, so that stages end at block outputs as the zoo's own networks do.
+    for here, after in zip(grouped, grouped[1:]):
+        while len(here) > 1 and _expands(gm, here[-1], op_types):
+            after.insert(0, here.pop())
+    groups = [[n for piece in group for n in piece] for group in grouped]
     stages: dict[str, nn.Module] = {}
     shapes: dict[str, torch.Size] = {}
     source = placeholder
@@ -345,6 +353,18 @@ def _stages(gm: fx.GraphModule, trunk_end: fx.Node,
         shapes[name] = _shape(group[-1])
         source = group[-1]
     return stages, shapes
+
+
+def _expands(gm: fx.GraphModule, piece: list[fx.Node], op_types: dict[str, str]) -> bool:
+    """Whether ``piece`` is a 1×1 convolution that widens its input (with its BatchNorm and activation)."""
+    weighted = [n for n in piece if _weighted(gm, n, op_types)]
+    convs = [gm.get_submodule(str(n.target)) for n in weighted if n.op == "call_module"]
+    convs = [m for m in convs if isinstance(m, nn.Conv2d)]
+    if len(convs) != 1 or len(weighted) > 2:  # the conv, and at most its BatchNorm
+        return False
+    conv = convs[0]
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+            and conv.out_channels > conv.in_channels)
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:
