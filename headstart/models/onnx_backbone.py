@@ -28,17 +28,17 @@ import shutil
 import tempfile
 import tomllib
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from headstart.errors import OnnxImportError
 from headstart.models.base import POOLED, Backbone
+from headstart.models.onnx_cut import cut_stages, find_classifier
 from headstart.models.onnx_import import convert, graph_inputs, load_prepared, static_shape
 from headstart.models.spec import PreprocessSpec
 
@@ -53,16 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tf-inception": {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5), "channels": "rgb"},
 }
 _SIDECAR_KEYS = {"preset", "input_size", "crop_pct", "mean", "std", "channels", "interpolation"}
-# Between the classifier and the output; between the trunk and the classifier.
-_AFTER_CLASSIFIER = {"Softmax", "LogSoftmax", "Flatten", "Reshape", "Squeeze", "GlobalAveragePool",
-                     "AveragePool", "ReduceMean", "Relu", "Identity", "Sigmoid"}
-_POOLING = {"GlobalAveragePool", "AveragePool", "ReduceMean", "Flatten", "Reshape", "Squeeze"}
 # onnx2torch's Slice indexes with a list, which torch warns about (harmlessly) at every new call site.
 warnings.filterwarnings("ignore", message=".*non-tuple sequence for multidimensional indexing.*")
-_WEIGHTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
-_WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"}
-
-
 @dataclass(frozen=True)
 class Preprocessing:
     spec: PreprocessSpec
@@ -139,9 +131,9 @@ class OnnxBackbone(Backbone):
         example = torch.zeros(2, 3, self.spec.input_size, self.spec.input_size)
         adapter = InputAdapter(self.preprocessing.bgr, layout == "nhwc")
         ShapeProp(gm).propagate(adapter(example))
-        trunk_end, classifier = _classifier(gm, op_types, path)
+        trunk_end, classifier = find_classifier(gm, op_types, path)
         self.classifier = classifier
-        stages, shapes = _stages(gm, trunk_end, op_types)
+        stages, shapes = cut_stages(gm, trunk_end, op_types)
         first = next(iter(stages))
         stages[first] = nn.Sequential(adapter, stages[first])
         self.stages = nn.ModuleDict(stages)
@@ -229,179 +221,3 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-# -- the graph: classifier and stages --------------------------------------------------------------------
-def _op(node: fx.Node, op_types: dict[str, str]) -> str:
-    return op_types.get(str(node.target), "") if node.op == "call_module" else node.op
-
-
-def _const(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
-    if isinstance(node, fx.Node) and node.op == "get_attr":
-        value = gm
-        for part in str(node.target).split("."):
-            value = getattr(value, part)
-        return value.detach() if isinstance(value, torch.Tensor) else None
-    return None
-
-
-def _classifier(gm: fx.GraphModule, op_types: dict[str, str], path: Path) -> tuple[fx.Node, nn.Linear]:
-    (out,) = [n for n in gm.graph.nodes if n.op == "output"]
-    node = out.args[0]
-    if isinstance(node, (tuple, list)):
-        node = node[0]
-    while isinstance(node, fx.Node) and _op(node, op_types) in _AFTER_CLASSIFIER:
-        node = node.args[0]
-    found = _as_linear(gm, node, op_types) if isinstance(node, fx.Node) else None
-    if found is None:
-        raise OnnxImportError(f"{path}: no classifier layer (Gemm, MatMul or 1×1 Conv) found before the output")
-    feat, linear = found
-    while _op(feat, op_types) in _POOLING:
-        feat = feat.args[0]
-    return feat, linear
-
-
-def _as_linear(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> tuple[fx.Node, nn.Linear] | None:
-    op, module = _op(node, op_types), gm.get_submodule(str(node.target)) if node.op == "call_module" else None
-    weight = bias = None
-    if isinstance(module, nn.Linear):
-        weight, bias = module.weight.detach(), module.bias.detach() if module.bias is not None else None
-    elif isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1:
-        weight = module.weight.detach().flatten(1)
-        bias = module.bias.detach() if module.bias is not None else None
-    elif op == "Gemm" and module is not None:
-        w = _const(gm, node.args[1])
-        if w is not None:
-            weight = w if getattr(module, "trans_b", 0) else w.t()
-            weight = weight * float(getattr(module, "alpha", 1.0))
-            c = _const(gm, node.args[2]) if len(node.args) > 2 else None
-            bias = c * float(getattr(module, "beta", 1.0)) if c is not None else None
-    elif op == "Add":
-        mm = next((a for a in node.args if isinstance(a, fx.Node) and _op(a, op_types) == "MatMul"), None)
-        c = next((_const(gm, a) for a in node.args if _const(gm, a) is not None), None)
-        if mm is not None and c is not None:
-            found = _as_linear(gm, mm, op_types)
-            if found is not None:
-                feat, linear = found
-                with torch.no_grad():
-                    linear.bias.copy_(c.reshape(-1))
-                return feat, linear
-    elif op == "MatMul":
-        w = _const(gm, node.args[1])
-        weight = w.t() if w is not None and w.ndim == 2 else None
-    if weight is None:
-        return None
-    linear = nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias.reshape(-1) if bias is not None else torch.zeros(weight.shape[0]))
-    feat = node.args[0]
-    assert isinstance(feat, fx.Node)
-    return feat, linear
-
-
-def _stages(gm: fx.GraphModule, trunk_end: fx.Node,
-            op_types: dict[str, str]) -> tuple[dict[str, nn.Module], dict[str, torch.Size]]:
-    """Cut the trunk into stages (see the module docstring); each stage a GraphModule of one tensor."""
-    needed = _ancestors(trunk_end)
-    order = [n for n in gm.graph.nodes if n in needed and n.op not in ("get_attr", "placeholder")]
-    index = {n: i for i, n in enumerate(order)}
-    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    last_use = {n: max([index[u] for u in n.users if u in index], default=i) for i, n in enumerate(order)}
-    live = max([index[u] for u in placeholder.users if u in index], default=0)
-    pieces: list[list[fx.Node]] = [[]]
-    for i, node in enumerate(order):
-        pieces[-1].append(node)
-        if live <= i and i < len(order) - 1:  # nothing made before this node is read after it: a cut
-            pieces.append([])
-        live = max(live, last_use[node])
-    # Pieces without weights (pooling, activation, LRN) join the next piece; a trailing one the previous.
-    # Each merged piece keeps the node whose output size decides its stage: its last weighted piece's end.
-    merged: list[tuple[list[fx.Node], fx.Node]] = []
-    carry: list[fx.Node] = []
-    for piece in pieces:
-        carry += piece
-        if any(_weighted(gm, n, op_types) for n in piece):
-            merged.append((carry, piece[-1]))
-            carry = []
-    if carry and merged:
-        merged[-1][0].extend(carry)
-    elif carry:
-        merged.append((carry, carry[-1]))
-    # Consecutive 4-D pieces at one spatial size form a stage; each vector piece is a stage.
-    grouped: list[list[list[fx.Node]]] = []
-    prev: torch.Size | None = None
-    for piece, key in merged:
-        shape = _shape(key)
-        if prev is not None and len(shape) == 4 and len(prev) == 4 and shape[2:] == prev[2:]:
-            grouped[-1].append(piece)
-        else:
-            grouped.append([piece])
-        prev = shape
-    # An inverted residual block (MobileNet, EfficientNet) widens with a 1×1 conv before it downsamples: that
-    # conv belongs to the next stage, so that stages end at block outputs as the zoo's own networks do.
-    for here, after in zip(grouped, grouped[1:]):
-        while len(here) > 1 and _expands(gm, here[-1], op_types):
-            after.insert(0, here.pop())
-    groups = [[n for piece in group for n in piece] for group in grouped]
-    stages: dict[str, nn.Module] = {}
-    shapes: dict[str, torch.Size] = {}
-    source = placeholder
-    for group in groups:
-        name = str(group[-1].name)
-        stages[name] = _subgraph(gm, source, group)
-        shapes[name] = _shape(group[-1])
-        source = group[-1]
-    return stages, shapes
-
-
-def _expands(gm: fx.GraphModule, piece: list[fx.Node], op_types: dict[str, str]) -> bool:
-    """Whether ``piece`` is a 1×1 convolution that widens its input (with its BatchNorm and activation)."""
-    weighted = [n for n in piece if _weighted(gm, n, op_types)]
-    convs = [gm.get_submodule(str(n.target)) for n in weighted if n.op == "call_module"]
-    convs = [m for m in convs if isinstance(m, nn.Conv2d)]
-    if len(convs) != 1 or len(weighted) > 2:  # the conv, and at most its BatchNorm
-        return False
-    conv = convs[0]
-    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
-            and conv.out_channels > conv.in_channels)
-
-
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    todo = [node]
-    while todo:
-        n = todo.pop()
-        if n not in seen:
-            seen.add(n)
-            todo.extend(n.all_input_nodes)
-    return seen
-
-
-def _weighted(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> bool:
-    return _op(node, op_types) in _WEIGHTED_OPS or (
-        node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _WEIGHTED))
-
-
-def _shape(node: fx.Node) -> torch.Size:
-    meta = node.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
-        raise OnnxImportError(f"node {node.name} has no single-tensor output to cut at")
-    return meta.shape
-
-
-def _subgraph(gm: fx.GraphModule, source: fx.Node, nodes: Sequence[fx.Node]) -> fx.GraphModule:
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {source: graph.placeholder("x")}
-
-    def arg(n: fx.Node) -> fx.Node:
-        if n not in env:
-            if n.op != "get_attr":
-                raise OnnxImportError(f"node {n.name} crosses a stage boundary")
-            env[n] = graph.get_attr(str(n.target))
-        return env[n]
-
-    for node in nodes:
-        env[node] = graph.node_copy(node, arg)
-    graph.output(env[nodes[-1]])
-    return fx.GraphModule(gm, graph)
