@@ -49,12 +49,14 @@ def mirrored_codes(paths: list[Path], model: str, tap: str, batch_size: int = 32
     return out
 
 
-def evaluate(codes: Codes, tap: str, cfg: FitConfig, classes: list[str]) -> tuple[np.ndarray, dict]:
-    sel = select(codes, [(tap,)], cfg, classes)
+def evaluate(codes: Codes, tap: str | tuple[str, ...], cfg: FitConfig, classes: list[str]) -> tuple[np.ndarray, dict]:
+    """Per test image, whether the linear strategy's head (C chosen as `fit` chooses it) is right."""
+    layer = tap if isinstance(tap, tuple) else (tap,)  # a tuple: the taps' codes concatenated
+    sel = select(codes, [layer], cfg, classes)
     fit = codes.split != SPLIT_IDS["test"]
-    head = make_head(cfg)(sel.C).fit(codes.X((tap,), fit), codes.labels[fit])
+    head = make_head(cfg)(sel.C).fit(codes.X(layer, fit), codes.labels[fit])
     te = codes.split == SPLIT_IDS["test"]
-    pred = head.to_params().predict_proba(codes.X((tap,), te)).argmax(1)
+    pred = head.to_params().predict_proba(codes.X(layer, te)).argmax(1)
     return pred == codes.labels[te], {"C": sel.C, "val_accuracy": sel.accuracy, "protocol": sel.protocol}
 
 
