@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from headstart.data.augment import AugmentConfig
-from headstart.engine import BACKENDS
 from headstart.train.optim import OptimConfig
 from headstart.train.schedules import ScheduleConfig
 
 from headstart.errors import ConfigError
 from headstart.settings import check_settings, setting
+
+# The engines of frozen networks (headstart.engine makes them; declared here so that reading a config needs no
+# torch).
+BACKENDS = ("auto", "openvino", "onnxruntime", "torch")
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from headstart.config import BACKENDS
 from headstart.engine.base import PRECISIONS, Engine, TorchEngine, precision_for
 from headstart.engine.openvino import Calibration
 from headstart.errors import ConfigError
 
-BACKENDS = ("auto", "openvino", "onnxruntime", "torch")
 # Fastest first, as measured on CPU (benchmarks/bench_engine.py): what "auto" tries, in order.
 CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
 

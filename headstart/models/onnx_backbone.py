@@ -39,7 +39,6 @@ from torch.fx.passes.shape_prop import ShapeProp
 from headstart.errors import OnnxImportError
 from headstart.models.base import POOLED, Backbone
 from headstart.models.onnx_cut import cut_stages, find_classifier
-from headstart.models.onnx_import import convert, graph_inputs, load_prepared, static_shape
 from headstart.models.spec import PreprocessSpec
 
 PREFIX = "onnx:"
@@ -119,6 +118,8 @@ class OnnxBackbone(Backbone):
         super().__init__(drop_rate)
         self.name = PREFIX + str(path) + (f"@{preset}" if preset else "")
         self.weights_id = "onnx-" + _file_sha256(path)[:20]
+        from headstart.models.onnx_import import convert, graph_inputs, load_prepared, static_shape  # onnx: 0.5 s
+
         prepared = load_prepared(path)
         (inp,) = graph_inputs(prepared) or [None]
         if inp is None:

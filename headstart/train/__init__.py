@@ -5,19 +5,32 @@
                    optim_cfg=OptimConfig(lr=1e-3), patience=3, ema=0.999, run_dir="runs/ft")
 """
 
-from headstart.errors import TrainingDiverged
-from headstart.train.checkpoint import TrainState, clone_state, load_checkpoint, save_checkpoint
-from headstart.train.ema import EMA
-from headstart.train.freeze import FreezeState, freeze_stages, set_train_mode
-from headstart.train.loop import TrainResult, resolve_device, train
-from headstart.train.optim import OptimConfig, build_optimizer, build_param_groups, l1_penalty
-from headstart.train.prefix import ImageSet, PrefixFeatureSet, SuffixModel
-from headstart.train.schedules import LRSchedule, ScheduleConfig, cycle_ends
-from headstart.train.tta import TTA_MODES, TTAViews, evaluate
+from __future__ import annotations
 
-__all__ = [
-    "EMA", "TTA_MODES", "FreezeState", "ImageSet", "LRSchedule", "OptimConfig", "PrefixFeatureSet",
-    "ScheduleConfig", "SuffixModel", "TTAViews", "TrainResult", "TrainState", "TrainingDiverged", "build_optimizer",
-    "build_param_groups", "clone_state", "cycle_ends", "evaluate", "freeze_stages", "l1_penalty",
-    "load_checkpoint", "resolve_device", "save_checkpoint", "set_train_mode", "train",
-]
+import importlib
+from typing import Any
+
+# Public names → their module, imported on first use: `headstart.config` reads OptimConfig and ScheduleConfig
+# from here, and importing the loop eagerly would pull scikit-learn into every command's start-up.
+_EXPORTS = {
+    "TrainingDiverged": "headstart.errors",
+    **dict.fromkeys(["TrainState", "clone_state", "load_checkpoint", "save_checkpoint"], "headstart.train.checkpoint"),
+    "EMA": "headstart.train.ema",
+    **dict.fromkeys(["FreezeState", "freeze_stages", "set_train_mode"], "headstart.train.freeze"),
+    **dict.fromkeys(["TrainResult", "resolve_device", "train"], "headstart.train.loop"),
+    **dict.fromkeys(["OptimConfig", "build_optimizer", "build_param_groups", "l1_penalty"], "headstart.train.optim"),
+    **dict.fromkeys(["ImageSet", "PrefixFeatureSet", "SuffixModel"], "headstart.train.prefix"),
+    **dict.fromkeys(["LRSchedule", "ScheduleConfig", "cycle_ends"], "headstart.train.schedules"),
+    **dict.fromkeys(["TTA_MODES", "TTAViews", "evaluate"], "headstart.train.tta"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'headstart.train' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
