@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.data.augment import AugmentConfig
-from headstart.train.optim import OptimConfig
-from headstart.train.schedules import ScheduleConfig
+from headstart.train.options import OptimConfig, ScheduleConfig
 
 from headstart.errors import ConfigError
 from headstart.settings import check_settings, setting

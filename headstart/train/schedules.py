@@ -19,43 +19,17 @@ at LR 0. ``min_lr_ratio`` is the floor of every decaying schedule (the end point
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from headstart.errors import ConfigError
-from headstart.settings import check_settings, setting
+from headstart.train.options import SCHEDULES, ScheduleConfig
 
 __all__ = ["SCHEDULES", "LRSchedule", "ScheduleConfig", "cycle_ends", "lr_sequence"]
 
-SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "sgdr", "plateau")
 _PLATEAU_THRESHOLD = 1e-4  # relative improvement that counts, torch's default
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """LR schedule settings; see the module docstring for the formulas.
-
-    >>> ScheduleConfig(name="step", step_size=30).gamma
-    0.1
-    """
-
-    name: str = setting("cosine", choices=SCHEDULES, flag="--schedule", help="finetune: learning-rate schedule")
-    warmup_epochs: float = setting(1.0, ge=0, flag="--warmup", help="finetune: linear warm-up epochs")
-    step_size: int = setting(10, ge=1, help="step: epochs between LR drops")
-    gamma: float = setting(0.1, gt=0, le=1, help="step: factor of each LR drop")
-    decay: float = setting(0.1, ge=0, help="exponential / inverse_time: decay rate per epoch")
-    min_lr_ratio: float = setting(0.0, ge=0, le=1, help="cosine/sgdr: final LR as a share of the peak")
-    t0: int = setting(10, ge=1, flag="--t0", help="sgdr: epochs of the first cycle (warm restarts)")
-    t_mult: int = setting(1, ge=1, help="sgdr: each cycle this many times longer than the last")
-    plateau_patience: int = setting(3, ge=0, help="plateau: epochs without improvement before a drop")
-    plateau_factor: float = setting(0.1, gt=0, lt=1, help="plateau: factor of each LR drop")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "name", str(self.name).lower())
-        check_settings(self, "finetune.schedule")
 
 
 class LRSchedule:
