@@ -73,3 +73,15 @@ def test_unknown_model_is_one_line(capsys: pytest.CaptureFixture[str], monkeypat
                                    sample_photos: dict[str, Path]) -> None:
     code, _, err = run_cli(capsys, monkeypatch, "predict", str(sample_photos["coffee"]), "--model", "resnet50")
     assert code == 2 and err.count("\n") == 1 and "efficientnet_lite0" in err
+
+
+def test_the_cli_and_a_config_load_without_torch_sklearn_or_onnx() -> None:
+    """`headstart --help` and reading a configuration stay light (a quarter of a second, not three): the heavy
+    libraries load when a command needs them. A module-level import added in the wrong place fails this."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from headstart.cli import app; from headstart.config import FitConfig; FitConfig(); "
+            "print(sorted(m for m in ('torch', 'sklearn', 'onnx', 'openvino') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
