@@ -245,3 +245,25 @@ def test_nhwc_bgr_graph_with_a_matmul_head_is_fed_and_cut_right(tmp_path: Path) 
     expected = torch.relu(net.conv2(torch.relu(net.conv1(rgb.flip(1))))).mean(dim=(2, 3))
     np.testing.assert_allclose(pooled.numpy(), expected.detach().numpy(), atol=1e-5)
     assert list(model.stages) and len(model.stages) == 2  # 32×32 and 16×16
+
+
+def test_a_float16_model_is_read_as_float32(tmp_path: Path) -> None:
+    """ONNX files saved in half precision (weights, input and casts float16) load and run on float32 input."""
+    from onnx import TensorProto
+
+    net = _TfStyleNet().eval()
+    path32, path16 = tmp_path / "net32.onnx", tmp_path / "net16.onnx"
+    with quiet_export():
+        torch.onnx.export(net, (torch.zeros(1, 64, 64, 3),), str(path32), dynamo=False, opset_version=17)
+    half = onnx.load(str(path32))
+    for init in half.graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for value in [*half.graph.input, *half.graph.output]:
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.save(half, str(path16))
+    ref, model = create_model(f"onnx:{path32}").eval(), create_model(f"onnx:{path16}").eval()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), ref(x).numpy(), atol=0.05, rtol=0.01)  # half-rounded weights

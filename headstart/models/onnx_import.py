@@ -2,6 +2,7 @@
 
 The graph is made fit for conversion and for batches first, each step exact:
 
+* a float16 model (weights, input, casts) becomes float32, exactly;
 * values computed from constants alone (the placeholder weights of ``ConstantOfShape``, weights reshaped at
   run time) are evaluated once, by ONNX's reference evaluator, into initializers;
 * ``Dropout`` (an identity at inference; onnx2torch has no converter for its opset-7 form) is removed;
@@ -45,6 +46,7 @@ def load_prepared(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same user problem
         raise OnnxImportError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     model.ir_version = max(model.ir_version, 4)  # IR >= 4: initializers need not be listed as inputs
+    _float32(model)
     _fold_constants(model)
     _drop_dropout(model)
     _even_average_pools(model)
@@ -139,6 +141,27 @@ def _fold_constants(model: onnx.ModelProto) -> None:
         g.node.extend(keep)
         g.initializer.extend(numpy_helper.from_array(np.asarray(v), o) for o, v in zip(outs, results))
     _prune(model)
+
+
+def _float32(model: onnx.ModelProto) -> None:
+    """A float16 model (weights, inputs, casts) as float32: the pipeline feeds float32, and fine-tuning
+    wants float32 weights. Exact: every float16 value is a float32 value."""
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    g = model.graph
+    for i, init in enumerate(g.initializer):
+        if init.data_type == f16:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32),
+                                                              init.name))
+    for value in [*g.input, *g.output, *g.value_info]:
+        if value.type.tensor_type.elem_type == f16:
+            value.type.tensor_type.elem_type = f32
+    for node in g.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == f16:
+                attr.i = f32
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == f16:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32),
+                                                        attr.t.name))
 
 
 def _prune(model: onnx.ModelProto) -> None:
