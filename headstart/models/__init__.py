@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from headstart.lazy import lazy_exports
 
 # Public names → their module, imported on first use: the preprocessing spec (read by the config and the data
 # pipeline at start-up) needs no torch, the backbones do.
@@ -15,13 +14,4 @@ _EXPORTS = {
     "PreprocessSpec": "headstart.models.spec",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'headstart.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

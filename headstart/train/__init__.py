@@ -7,8 +7,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from headstart.lazy import lazy_exports
 
 # Public names → their module, imported on first use: `headstart.config` reads OptimConfig and ScheduleConfig
 # from here, and importing the loop eagerly would pull scikit-learn into every command's start-up.
@@ -24,13 +23,4 @@ _EXPORTS = {
     **dict.fromkeys(["TTA_MODES", "TTAViews", "evaluate"], "headstart.train.tta"),
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'headstart.train' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
