@@ -267,3 +267,86 @@ def test_a_float16_model_is_read_as_float32(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), ref(x).numpy(), atol=0.05, rtol=0.01)  # half-rounded weights
+
+
+def _export(net: torch.nn.Module, path: Path, shape: tuple[int, ...] = (1, 3, 64, 64)) -> Path:
+    with quiet_export():
+        torch.onnx.export(net.eval(), (torch.zeros(shape),), str(path), dynamo=False, opset_version=17)
+    return path
+
+
+class _FlattenHead(torch.nn.Module):
+    """No global pooling: the classifier reads the flattened feature map (as old VGG-style nets do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.c2(torch.relu(self.c1(x)))), 1))
+
+
+class _ChannelsLastMean(torch.nn.Module):
+    """Keras-style global pooling: a mean over H and W of a channels-last tensor, then a hidden MatMul layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.c = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.w1, self.b1 = torch.nn.Parameter(torch.randn(8, 8, generator=g)), torch.nn.Parameter(torch.randn(8))
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c(x)).permute(0, 2, 3, 1).mean(dim=(1, 2))
+        return self.fc(torch.relu(h @ self.w1 + self.b1))
+
+
+@pytest.mark.parametrize("net", [_FlattenHead(), _ChannelsLastMean()], ids=["flatten", "channels-last-mean"])
+def test_heads_without_a_global_average_are_tapped_at_the_classifier_input(net: torch.nn.Module,
+                                                                          tmp_path: Path) -> None:
+    model = create_model(f"onnx:{_export(net, tmp_path / 'net.onnx')}").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), net.eval()(x).numpy(), atol=1e-5)
+        pooled = model.forward_taps(x, [POOLED])[POOLED]
+    assert pooled.shape == (2, model.classifier.in_features) == (2, model.num_features[POOLED])
+
+
+def test_matmul_weights_are_trained_not_frozen(tmp_path: Path) -> None:
+    """onnx2torch keeps MatMul weights as buffers; they must be parameters, or fine-tuning skips them."""
+    net = _ChannelsLastMean()
+    model = create_model(f"onnx:{_export(net, tmp_path / 'net.onnx')}")
+    n_params = sum(p.numel() for stage in model.stages.values() for p in stage.parameters())
+    assert n_params == sum(p.numel() for name, p in net.named_parameters() if not name.startswith("fc."))
+
+
+def test_freezing_every_stage_of_a_net_with_vector_stages(tmp_path: Path) -> None:
+    from headstart.train.prefix import prefix_module
+
+    model = create_model(f"onnx:{randomised('light_bvlc_alexnet', tmp_path)}").eval()
+    assert model.tap_shapes()[list(model.stages)[-1]] == (4096,)  # fc7 is a stage
+    with torch.no_grad():
+        out = prefix_module(model, len(model.stages))(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, 4096)
+
+
+def test_at_signs_in_paths_sidecar_edits_and_a_batch_one_graph(tmp_path: Path) -> None:
+    path = _export(_FlattenHead(), tmp_path / "net@2.onnx")
+    assert create_model(f"onnx:{path}").spec.mean == (123.675, 116.28, 103.53)
+    assert create_model(f"onnx:{path}@tf-inception").spec.mean == (127.5, 127.5, 127.5)
+    path.with_suffix(".toml").write_text('preset = "caffe-bgr"\n')  # read again, not served from a cache
+    assert create_model(f"onnx:{path}").preprocessing.bgr
+
+    class TokenConcat(torch.nn.Module):  # a constant expanded for batch 1 only: cannot run on a batch of 2
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.fc = torch.nn.Conv2d(3, 8, 16, stride=16), torch.nn.Linear(8, 10)
+            self.tok = torch.nn.Parameter(torch.randn(1, 1, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.c(x).flatten(2).transpose(1, 2)
+            return self.fc(torch.cat([self.tok.expand(x.shape[0], -1, -1), t], 1)[:, 0])
+
+    with pytest.raises(OnnxImportError, match="does not run on a batch of 2.*dynamic batch"):
+        create_model(f"onnx:{_export(TokenConcat(), tmp_path / 'tok.onnx')}")

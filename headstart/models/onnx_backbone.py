@@ -21,9 +21,11 @@ without either, ``imagenet-torch``. Sidecar keys: ``preset``, ``input_size``, ``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
+import io
 import shutil
 import tempfile
 import tomllib
@@ -38,7 +40,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from headstart.errors import OnnxImportError
 from headstart.models.base import POOLED, Backbone
-from headstart.models.onnx_cut import cut_stages, find_classifier
+from headstart.models.onnx_cut import (cut_stages, find_classifier, node_shape, pooling_is_global_average,
+                                      trainable_weights)
 from headstart.models.spec import PreprocessSpec
 
 PREFIX = "onnx:"
@@ -75,8 +78,9 @@ def build_onnx_backbone(name: str, drop_rate: float = 0.0) -> OnnxBackbone:
     path, preset = _split(name)
     if not path.is_file():
         raise OnnxImportError(f"no ONNX model at {path}")
-    stat = path.stat()
-    model = copy.deepcopy(_converted(str(path), stat.st_mtime_ns, stat.st_size, preset))
+    stat, side = path.stat(), sidecar_path(path)
+    side_key = (str(side), side.stat().st_mtime_ns) if side is not None else None
+    model = copy.deepcopy(_converted(str(path), stat.st_mtime_ns, stat.st_size, preset, side_key))
     model.drop_rate = drop_rate
     return model
 
@@ -96,16 +100,23 @@ def save_as_onnx(model: Backbone, path: Path) -> Path:
 
 
 def _split(name: str) -> tuple[Path, str | None]:
+    """``onnx:PATH@PRESET`` → (PATH, PRESET); an ``@`` is a preset's only when a known preset follows it, so a
+    path may hold ``@`` (``onnx:~/models/m@2.onnx``)."""
     rest = name[len(PREFIX):]
-    path, _, preset = rest.rpartition("@") if "@" in rest and not Path(rest).exists() else (rest, "", "")
-    if preset and preset not in PRESETS:
-        raise OnnxImportError(f"unknown preprocessing preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return Path(path).expanduser().resolve(), preset or None
+    base, at, tail = rest.rpartition("@")
+    if at and tail in PRESETS:
+        return Path(base).expanduser().resolve(), tail
+    path = Path(rest).expanduser()
+    if at and not path.exists() and "/" not in tail and "." not in tail:
+        raise OnnxImportError(f"unknown preprocessing preset {tail!r}; choose from {', '.join(PRESETS)}")
+    return path.resolve(), None
 
 
-@functools.lru_cache(maxsize=4)
-def _converted(path: str, _mtime_ns: int, _size: int, preset: str | None) -> OnnxBackbone:
-    """Conversion takes seconds: once per (file version, preset) in a process; callers get deep copies."""
+@functools.lru_cache(maxsize=2)
+def _converted(path: str, _mtime_ns: int, _size: int, preset: str | None,
+               _sidecar: tuple[str, int] | None) -> OnnxBackbone:
+    """Conversion takes seconds: once per (file version, preset, sidecar version) in a process; callers get
+    deep copies. Two kept: a VGG holds half a gigabyte."""
     return OnnxBackbone(Path(path), preset)
 
 
@@ -121,22 +132,37 @@ class OnnxBackbone(Backbone):
         from headstart.models.onnx_import import convert, graph_inputs, load_prepared, static_shape  # onnx: 0.5 s
 
         prepared = load_prepared(path)
-        (inp,) = graph_inputs(prepared) or [None]
-        if inp is None:
-            raise OnnxImportError(f"{path}: the graph has no image input")
+        inputs = graph_inputs(prepared)
+        if len(inputs) != 1:
+            raise OnnxImportError(f"{path}: the graph takes {len(inputs)} inputs "
+                                  f"({', '.join(i.name for i in inputs) or 'none'}); an image classifier takes one")
+        (inp,) = inputs
         layout, size = _layout(static_shape(inp), path)
         self.preprocessing = _preprocessing(path, preset, size)
         self.spec = self.preprocessing.spec
         gm = convert(prepared).eval()  # eval: the shape pass below must not move BatchNorm's running stats
         op_types = {n.name: n.op_type for n in prepared.graph.node}
-        example = torch.zeros(2, 3, self.spec.input_size, self.spec.input_size)
-        adapter = InputAdapter(self.preprocessing.bgr, layout == "nhwc")
-        ShapeProp(gm).propagate(adapter(example))
-        trunk_end, classifier = find_classifier(gm, op_types, path)
+        trainable_weights(gm, op_types)
+        example = InputAdapter(self.preprocessing.bgr, layout == "nhwc")(
+            torch.randn(2, 3, self.spec.input_size, self.spec.input_size, generator=torch.Generator().manual_seed(0)))
+        try:
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints its traceback
+                ShapeProp(gm).propagate(example)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the same user problem
+            why = (str(exc).strip().splitlines() or [""])[0]
+            raise OnnxImportError(f"{path}: the converted graph does not run on a batch of 2 "
+                                  f"({type(exc).__name__}: {why}); export the model with a dynamic batch "
+                                  "dimension") from exc
+        trunk_end, feat, classifier = find_classifier(gm, op_types, path)
+        if not pooling_is_global_average(gm, example, trunk_end, feat):
+            trunk_end = feat  # e.g. Flatten straight into the classifier: the classifier's input is the code
+        if len(node_shape(trunk_end)) not in (2, 4):
+            raise OnnxImportError(f"{path}: the classifier reads a {len(node_shape(trunk_end))}-D tensor; headstart "
+                                  "taps images (N, C, H, W) and vectors (N, C)")
         self.classifier = classifier
         stages, shapes = cut_stages(gm, trunk_end, op_types)
         first = next(iter(stages))
-        stages[first] = nn.Sequential(adapter, stages[first])
+        stages[first] = nn.Sequential(InputAdapter(self.preprocessing.bgr, layout == "nhwc"), stages[first])
         self.stages = nn.ModuleDict(stages)
         self._shapes = shapes
         self.layout = layout
@@ -172,10 +198,12 @@ def _layout(shape: list[int | None], path: Path) -> tuple[str, int | None]:
     if len(shape) != 4:
         raise OnnxImportError(f"{path}: the input has shape {shape}; an image classifier takes (N, 3, H, W) "
                               "or (N, H, W, 3)")
-    if shape[1] == 3:
-        return "nchw", shape[2] if shape[2] == shape[3] else None
-    if shape[3] == 3:
-        return "nhwc", shape[1] if shape[1] == shape[2] else None
+    layout, (h, w) = ("nchw", shape[2:]) if shape[1] == 3 else ("nhwc", shape[1:3]) if shape[3] == 3 else ("", (0, 0))
+    if layout and h != w and h is not None and w is not None:
+        raise OnnxImportError(f"{path}: the graph takes {h}×{w} images; headstart feeds square centre crops, so "
+                              "export it for a square size (or with dynamic height and width)")
+    if layout:
+        return layout, h
     raise OnnxImportError(f"{path}: the input {shape} has no 3-channel axis (second or last)")
 
 
@@ -190,8 +218,11 @@ def _preprocessing(path: Path, preset: str | None, graph_size: int | None) -> Pr
     values: dict[str, Any] = {}
     side = sidecar_path(path)
     if side is not None:
-        with side.open("rb") as f:
-            values = tomllib.load(f)
+        try:
+            with side.open("rb") as f:
+                values = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise OnnxImportError(f"{side}: not a readable TOML file ({exc})") from exc
         unknown = sorted(set(values) - _SIDECAR_KEYS)
         if unknown:
             raise OnnxImportError(f"{side}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_SIDECAR_KEYS))}")
@@ -202,15 +233,19 @@ def _preprocessing(path: Path, preset: str | None, graph_size: int | None) -> Pr
     channels = str(merged["channels"]).lower()
     if channels not in ("rgb", "bgr"):
         raise OnnxImportError(f"channels must be rgb or bgr, got {channels!r}")
-    size = int(merged.get("input_size") or graph_size or 224)
+    try:
+        mean, std = tuple(float(v) for v in merged["mean"]), tuple(float(v) for v in merged["std"])
+        size, crop_pct = int(merged.get("input_size") or graph_size or 224), float(merged.get("crop_pct", 0.875))
+    except (TypeError, ValueError) as exc:
+        raise OnnxImportError(f"{side or path}: mean and std take three numbers, input_size an integer, crop_pct a "
+                              f"number ({exc})") from exc
     if graph_size is not None and size != graph_size:
         raise OnnxImportError(f"input_size {size} but the graph takes {graph_size}×{graph_size} images")
-    mean, std = tuple(float(v) for v in merged["mean"]), tuple(float(v) for v in merged["std"])
     if len(mean) != 3 or len(std) != 3:
         raise OnnxImportError("mean and std take three numbers, one per channel")
     if channels == "bgr":  # the spec is in RGB order: the adapter flips after normalising
         mean, std = mean[::-1], std[::-1]
-    spec = PreprocessSpec(input_size=size, crop_pct=float(merged.get("crop_pct", 0.875)), mean=mean,  # type: ignore[arg-type]
+    spec = PreprocessSpec(input_size=size, crop_pct=crop_pct, mean=mean,  # type: ignore[arg-type]
                           std=std, interpolation=str(merged.get("interpolation", "bilinear")))  # type: ignore[arg-type]
     source = f"preset {name}" if side is None else f"{side.name} (preset {name})"
     return Preprocessing(spec, channels == "bgr", source)

@@ -36,7 +36,9 @@ def _const(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
     return None
 
 
-def find_classifier(gm: fx.GraphModule, op_types: dict[str, str], path: Path) -> tuple[fx.Node, nn.Linear]:
+def find_classifier(gm: fx.GraphModule, op_types: dict[str, str],
+                    path: Path) -> tuple[fx.Node, fx.Node, nn.Linear]:
+    """(the trunk's end, the classifier's input, the classifier as ``nn.Linear``)."""
     (out,) = [n for n in gm.graph.nodes if n.op == "output"]
     node = out.args[0]
     if isinstance(node, (tuple, list)):
@@ -47,9 +49,61 @@ def find_classifier(gm: fx.GraphModule, op_types: dict[str, str], path: Path) ->
     if found is None:
         raise OnnxImportError(f"{path}: no classifier layer (Gemm, MatMul or 1×1 Conv) found before the output")
     feat, linear = found
-    while _op(feat, op_types) in _POOLING:
-        feat = feat.args[0]
-    return feat, linear
+    trunk_end = feat
+    while _op(trunk_end, op_types) in _POOLING:
+        trunk_end = trunk_end.args[0]
+    return trunk_end, feat, linear
+
+
+def pooling_is_global_average(gm: fx.GraphModule, example: torch.Tensor, trunk_end: fx.Node,
+                              feat: fx.Node) -> bool:
+    """Whether the ops between ``trunk_end`` and the classifier's input ``feat`` compute the global average
+    of a 4-D NCHW ``trunk_end`` (what ``pooled`` assumes), checked on ``example``. A Flatten without pooling,
+    or a mean over a channels-last tensor's H and W, is not; the caller then taps ``feat`` itself."""
+    if trunk_end is feat:
+        return len(node_shape(feat)) in (2, 4)
+    values: dict[fx.Node, torch.Tensor] = {}
+
+    class Capture(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> object:
+            out = super().run_node(n)
+            if n is trunk_end or n is feat:
+                values[n] = out
+            return out
+
+    with torch.no_grad():
+        Capture(gm).run(example)
+    t, f = values[trunk_end], values[feat]
+    if t.ndim != 4 or f.ndim != 2 and not (f.ndim == 4 and f.shape[2:] == (1, 1)):
+        return False
+    pooled = t.mean(dim=(2, 3))
+    return f.reshape(len(f), -1).shape == pooled.shape and torch.allclose(f.reshape(len(f), -1), pooled,
+                                                                          rtol=1e-4, atol=1e-5)
+
+
+def trainable_weights(gm: fx.GraphModule, op_types: dict[str, str]) -> int:
+    """onnx2torch keeps the weights of MatMul, and of a Gemm or Conv it does not turn into a torch layer, as
+    buffers: fine-tuning would leave them frozen. They become parameters here (with the bias added to a
+    MatMul's output); returns how many tensors changed."""
+    changed = 0
+    for node in gm.graph.nodes:
+        op = _op(node, op_types)
+        if op not in ("MatMul", "Gemm", "Conv", "Add"):
+            continue
+        if op == "Add" and not any(isinstance(a, fx.Node) and _op(a, op_types) in ("MatMul", "Gemm")
+                                   for a in node.args):
+            continue
+        for arg in node.args:
+            if isinstance(arg, fx.Node) and arg.op == "get_attr":
+                owner_name, _, name = str(arg.target).rpartition(".")  # onnx2torch: "initializers.onnx_..."
+                owner = gm.get_submodule(owner_name) if owner_name else gm
+                value = getattr(owner, name, None)
+                if (isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)
+                        and value.is_floating_point() and value.ndim >= 1):
+                    delattr(owner, name)
+                    owner.register_parameter(name, nn.Parameter(value.detach().clone()))
+                    changed += 1
+    return changed
 
 
 def _as_linear(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> tuple[fx.Node, nn.Linear] | None:
@@ -62,6 +116,9 @@ def _as_linear(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> t
         bias = module.bias.detach() if module.bias is not None else None
     elif op == "Gemm" and module is not None:
         w = _const(gm, node.args[1])
+        has_c = len(node.args) > 2 and node.args[2] is not None
+        if getattr(module, "trans_a", 0) or (has_c and _const(gm, node.args[2]) is None):
+            return None  # a transposed input or a computed bias: not a plain linear layer
         if w is not None:
             weight = w if getattr(module, "trans_b", 0) else w.t()
             weight = weight * float(getattr(module, "alpha", 1.0))
@@ -103,7 +160,9 @@ def cut_stages(gm: fx.GraphModule, trunk_end: fx.Node,
     pieces: list[list[fx.Node]] = [[]]
     for i, node in enumerate(order):
         pieces[-1].append(node)
-        if live <= i and i < len(order) - 1:  # nothing made before this node is read after it: a cut
+        # nothing made before this node is read after it, and it is an image (N, C, H, W) or a vector (N, C):
+        # a cut (a token sequence (N, T, D) is not a tap: its second axis is not channels)
+        if live <= i and i < len(order) - 1 and _rank(node) in (2, 4):
             pieces.append([])
         live = max(live, last_use[node])
     # Pieces without weights (pooling, activation, LRN) join the next piece; a trailing one the previous.
@@ -172,6 +231,11 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
 def _weighted(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> bool:
     return _op(node, op_types) in _WEIGHTED_OPS or (
         node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _WEIGHTED))
+
+
+def _rank(node: fx.Node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    return len(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
 def node_shape(node: fx.Node) -> torch.Size:

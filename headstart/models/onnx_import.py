@@ -70,8 +70,9 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
     _newer_op_versions()
     try:
         return onnx2torch.convert(model)
-    except NotImplementedError as exc:
-        raise OnnxImportError(f"onnx2torch cannot convert this graph: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - NotImplementedError for an operator, others for odd graphs
+        why = (str(exc).strip().splitlines() or [""])[0]
+        raise OnnxImportError(f"onnx2torch cannot convert this graph ({type(exc).__name__}: {why})") from exc
 
 
 def _newer_op_versions() -> None:
@@ -260,17 +261,20 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
     del g.value_info[:]  # inferred for batch 1; recomputed by whoever needs them
     inits = {i.name: i for i in g.initializer}
     for node in g.node:
-        if node.op_type == "Reshape" and node.input[1] in inits:
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)  # 0 would mean a size of 0
+        if node.op_type == "Reshape" and node.input[1] in inits and not allowzero:
             shape = numpy_helper.to_array(inits[node.input[1]]).copy()
             if shape.size and shape[0] == 1:
-                shape[0] = 0  # copy the batch dimension through
-                inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
+                shape[0] = 0  # copy the batch dimension through; a copy of the shape, which may be shared
+                name = f"{node.input[1]}__{node.name or node.output[0]}__batch"
+                g.initializer.append(numpy_helper.from_array(shape, name))
+                node.input[1] = name
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
     """Unique identifier names, from the node's own name or its first output (e.g. ``gpu_0/res2_0_branch2a_1``
     → ``res2_0_branch2a_1``)."""
-    seen: set[str] = set()
+    seen: set[str] = {"pooled", "head_input"}  # "pooled" is the name of the global-average tap
     for node in model.graph.node:
         raw = node.name or (node.output[0] if node.output else node.op_type)
         name = re.sub(r"\W+", "_", raw.split("/", 1)[-1] if raw.startswith("gpu_0/") else raw).strip("_")
@@ -304,10 +308,11 @@ def _torchvision_stand_in() -> Iterator[None]:
         return
     try:
         import torchvision  # noqa: F401 - a working torchvision is used as it is
-        yield
-        return
     except Exception:  # noqa: BLE001 - PyPI's torchvision beside a CPU torch fails with RuntimeError
         _forget_torchvision()
+    else:
+        yield
+        return
 
     def unavailable(*_: object, **__: object) -> None:
         raise OnnxImportError("this ONNX operator needs torchvision, which is not importable here")

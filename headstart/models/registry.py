@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from headstart.errors import UnknownModelError, WeightsNotInstalledError
+from headstart.errors import ConfigError, UnknownModelError, WeightsNotInstalledError
 from headstart.models.base import Backbone
 from headstart.models.catalogue import EFFICIENTNET_LITE, WeightsSource
 from headstart.models.efficientnet_lite import EfficientNetLite
@@ -97,8 +97,8 @@ def _load_pretrained(model: Backbone, entry: ZooEntry) -> None:
 
 def _onnx_build(name: str, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> Backbone:
     if drop_path_rate:
-        raise ValueError("drop_path (stochastic depth) needs the zoo's own networks; an ONNX graph has no "
-                         "residual branches to drop")
+        raise ConfigError("finetune.drop_path (stochastic depth) needs the zoo's own networks; an ONNX graph has "
+                          "no residual branches it can drop (--drop-path 0)")
     return build_onnx_backbone(name, drop_rate)
 
 

@@ -68,7 +68,7 @@ class ImageSet:
 
 class _Pool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3))
+        return x.mean(dim=(2, 3)) if x.ndim == 4 else x  # a vector stage (an ONNX net's fc7) is pooled already
 
 
 def prefix_module(model: Backbone, k: int) -> nn.Module:
