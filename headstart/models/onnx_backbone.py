@@ -5,7 +5,9 @@ The converted graph (see ``onnx_import``) is cut into stages the way the zoo's o
 * the **classifier** is the last Gemm / MatMul(+Add) / 1×1 Conv before the output, found by walking back past
   softmax, flattening and pooling; it becomes an ``nn.Linear`` (the ImageNet head the advisor reads);
 * what feeds it, back past global pooling and flattening, is the **trunk**; ``pooled`` is the global average
-  of the trunk's output (or the trunk's output itself when it is already a vector, as VGG's fc7 is);
+  of the trunk's output (or the trunk's output itself when it is already a vector, as VGG's fc7 is). When
+  what lies between is not a global average (a Flatten head, a channels-last mean; checked on a random
+  batch), the classifier's input itself is the trunk's end and ``pooled``;
 * the trunk is cut where one tensor carries everything onward (between ResNet blocks, Inception modules, VGG
   layers); pieces without weights (pooling, LRN) join the piece after them; consecutive pieces at the same
   spatial size form one **stage**, named after its last node (its tap), and each fully connected piece is a
