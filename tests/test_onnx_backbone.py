@@ -350,3 +350,24 @@ def test_at_signs_in_paths_sidecar_edits_and_a_batch_one_graph(tmp_path: Path) -
 
     with pytest.raises(OnnxImportError, match="does not run on a batch of 2.*dynamic batch"):
         create_model(f"onnx:{_export(TokenConcat(), tmp_path / 'tok.onnx')}")
+
+
+def test_a_pickled_onnx_backbone_loads_in_a_fresh_process(lite0_onnx: Path, tmp_path: Path) -> None:
+    """A Ray worker unpickles the backbone in a process that never imported onnx2torch (which needs the
+    torchvision stand-in): it is rebuilt from the file, with the pickled weights and head."""
+    import pickle
+    import subprocess
+    import sys
+
+    model = create_model(f"onnx:{lite0_onnx}")
+    model.reset_classifier(3, seed=1)
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(model))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.save(model.eval()(x), tmp_path / "want.pt")
+    code = (f"import pickle, torch; m = pickle.loads(open({str(tmp_path / 'm.pkl')!r}, 'rb').read()).eval(); "
+            "x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)); "
+            f"want = torch.load({str(tmp_path / 'want.pt')!r}); "
+            "print(type(m).__name__, m.num_classes, float((m(x) - want).abs().max()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["OnnxBackbone", "3"] and float(out[2]) < 1e-5

@@ -169,6 +169,20 @@ class OnnxBackbone(Backbone):
         self._shapes = shapes
         self.layout = layout
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the ONNX file's name plus the weights, and rebuilt by converting the file again: the
+        converted graph's modules import onnx2torch, whose import needs the torchvision stand-in, which a
+        fresh process (a Ray worker) unpickling them would not have."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return (_rebuild, (self.name, self.drop_rate, self.num_classes, state, self.weights_id, self.spec,
+                           self.training))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxBackbone:
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
+
     @property
     def num_features(self) -> dict[str, int]:
         out = {name: int(shape[1]) for name, shape in self._shapes.items()}
@@ -178,6 +192,16 @@ class OnnxBackbone(Backbone):
     def tap_shapes(self) -> dict[str, tuple[int, ...]]:
         """Each tap's output shape for one image (C, H, W) or (C,)."""
         return {name: tuple(int(d) for d in shape[1:]) for name, shape in self._shapes.items()}
+
+
+def _rebuild(name: str, drop_rate: float, num_classes: int, state: dict[str, torch.Tensor], weights_id: str,
+             spec: PreprocessSpec, training: bool) -> OnnxBackbone:
+    model = build_onnx_backbone(name, drop_rate)
+    if model.num_classes != num_classes:
+        model.reset_classifier(num_classes)
+    model.load_state_dict(state)
+    model.weights_id, model.spec = weights_id, spec
+    return model.train(training)
 
 
 class InputAdapter(nn.Module):
