@@ -169,3 +169,17 @@ def test_loader_validation_and_empty() -> None:
     for kwargs in ({"batch_size": 0}, {"workers": 0}, {"prefetch": 0}):
         with pytest.raises(ConfigError, match="invalid"):
             BatchLoader([], t, **kwargs)
+
+
+def test_normalise_is_bit_for_bit_the_reference_formula() -> None:
+    """The in-place CHW normalise must give the very floats of (pixel - mean) / std on HWC then transposed:
+    cached codes and bundles fitted before it stay valid."""
+    from headstart.data.transforms import _normalize
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    for mean, std in [((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)), ((127.0,) * 3, (128.0,) * 3)]:
+        m, inv = np.asarray(mean, np.float32), 1.0 / np.asarray(std, np.float32)
+        reference = np.ascontiguousarray(((np.asarray(img, np.float32) - m) * inv).transpose(2, 0, 1))
+        out = _normalize(img, m, inv)
+        assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"] and np.array_equal(out, reference)
