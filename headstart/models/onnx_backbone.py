@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
 import io
 import shutil
 import tempfile
@@ -59,6 +58,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 _SIDECAR_KEYS = {"preset", "input_size", "crop_pct", "mean", "std", "channels", "interpolation"}
 # onnx2torch's Slice indexes with a list, which torch warns about (harmlessly) at every new call site.
 warnings.filterwarnings("ignore", message=".*non-tuple sequence for multidimensional indexing.*")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     spec: PreprocessSpec
@@ -72,7 +73,10 @@ def is_onnx_name(name: str) -> bool:
 
 def canonical_name(name: str) -> str:
     """``onnx:`` + absolute path (+ ``@preset``): the same model from any working directory."""
-    path, preset = _split(name)
+    return _model_name(*_split(name))
+
+
+def _model_name(path: Path, preset: str | None) -> str:
     return PREFIX + str(path) + (f"@{preset}" if preset else "")
 
 
@@ -129,9 +133,11 @@ class OnnxBackbone(Backbone):
 
     def __init__(self, path: Path, preset: str | None = None, drop_rate: float = 0.0) -> None:
         super().__init__(drop_rate)
-        self.name = PREFIX + str(path) + (f"@{preset}" if preset else "")
-        self.weights_id = "onnx-" + _file_sha256(path)[:20]
+        from headstart.features.cache import hash_file
         from headstart.models.onnx_import import convert, graph_inputs, load_prepared, static_shape  # onnx: 0.5 s
+
+        self.name = _model_name(path, preset)
+        self.weights_id = "onnx-" + hash_file(path)[:20]
 
         prepared = load_prepared(path)
         inputs = graph_inputs(prepared)
@@ -145,8 +151,9 @@ class OnnxBackbone(Backbone):
         gm = convert(prepared).eval()  # eval: the shape pass below must not move BatchNorm's running stats
         op_types = {n.name: n.op_type for n in prepared.graph.node}
         trainable_weights(gm, op_types)
-        example = InputAdapter(self.preprocessing.bgr, layout == "nhwc")(
-            torch.randn(2, 3, self.spec.input_size, self.spec.input_size, generator=torch.Generator().manual_seed(0)))
+        adapter = InputAdapter(self.preprocessing.bgr, layout == "nhwc")
+        example = adapter(torch.randn(2, 3, self.spec.input_size, self.spec.input_size,
+                                      generator=torch.Generator().manual_seed(0)))
         try:
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints its traceback
                 ShapeProp(gm).propagate(example)
@@ -164,7 +171,7 @@ class OnnxBackbone(Backbone):
         self.classifier = classifier
         stages, shapes = cut_stages(gm, trunk_end, op_types)
         first = next(iter(stages))
-        stages[first] = nn.Sequential(InputAdapter(self.preprocessing.bgr, layout == "nhwc"), stages[first])
+        stages[first] = nn.Sequential(adapter, stages[first])
         self.stages = nn.ModuleDict(stages)
         self._shapes = shapes
         self.layout = layout
@@ -276,10 +283,3 @@ def _preprocessing(path: Path, preset: str | None, graph_size: int | None) -> Pr
     source = f"preset {name}" if side is None else f"{side.name} (preset {name})"
     return Preprocessing(spec, channels == "bgr", source)
 
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

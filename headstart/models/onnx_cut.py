@@ -126,7 +126,7 @@ def _as_linear(gm: fx.GraphModule, node: fx.Node, op_types: dict[str, str]) -> t
             bias = c * float(getattr(module, "beta", 1.0)) if c is not None else None
     elif op == "Add":
         mm = next((a for a in node.args if isinstance(a, fx.Node) and _op(a, op_types) == "MatMul"), None)
-        c = next((_const(gm, a) for a in node.args if _const(gm, a) is not None), None)
+        c = next((v for v in (_const(gm, a) for a in node.args) if v is not None), None)
         if mm is not None and c is not None:
             found = _as_linear(gm, mm, op_types)
             if found is not None:

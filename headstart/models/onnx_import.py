@@ -274,7 +274,7 @@ def _dynamic_batch(model: onnx.ModelProto) -> None:
 def _name_nodes(model: onnx.ModelProto) -> None:
     """Unique identifier names, from the node's own name or its first output (e.g. ``gpu_0/res2_0_branch2a_1``
     → ``res2_0_branch2a_1``)."""
-    seen: set[str] = {"pooled", "head_input"}  # "pooled" is the name of the global-average tap
+    seen: set[str] = {"pooled"}  # the name of the global-average tap
     for node in model.graph.node:
         raw = node.name or (node.output[0] if node.output else node.op_type)
         name = re.sub(r"\W+", "_", raw.split("/", 1)[-1] if raw.startswith("gpu_0/") else raw).strip("_")
