@@ -3,7 +3,7 @@
     python benchmarks/bench_grid.py --rows intel_10,digits_10 --strategies linear_top,linear_best,auto
     python benchmarks/bench_grid.py --report          # the table, from the committed results only
 
-Rows cover the four quadrants (size x similarity to ImageNet): the shared datasets subsampled to 10, 30 and
+Rows cover the four quadrants (size x similarity to ImageNet): the shared datasets subsampled to 10, 30, 50 and
 100 training images per class or whole, scikit-learn's digits, and intel_scenes_small shifted on purpose
 (blurred and noisy, grayscale-inverted, patch-shuffled). Test splits stay whole. Derived images are made
 under --out (symlinks where unchanged) and never committed.
@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from headstart.advise.plan import LARGE_PER_CLASS  # the size-only rule's threshold is advise's
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "grid"
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -45,9 +47,11 @@ class Row:
 
 ROWS = {
     "intel_10": Row("intel_scenes_small", 10), "intel_30": Row("intel_scenes_small", 30),
+    "intel_50": Row("intel_scenes_small", 50),
     "intel_100": Row("intel_scenes_small", 100), "intel_all": Row("intel_scenes_small"),
-    "brain_30": Row("brain_mri", 30), "brain_100": Row("brain_mri", 100), "brain_all": Row("brain_mri"),
-    "digits_10": Row("digits", 10), "digits_all": Row("digits"),
+    "brain_30": Row("brain_mri", 30), "brain_50": Row("brain_mri", 50), "brain_100": Row("brain_mri", 100),
+    "brain_all": Row("brain_mri"),
+    "digits_10": Row("digits", 10), "digits_50": Row("digits", 50), "digits_all": Row("digits"),
     "intel_100_blur_noise": Row("intel_scenes_small", 100, "blur_noise"),
     "intel_100_gray_inverted": Row("intel_scenes_small", 100, "gray_inverted"),
     "intel_100_patch_shuffled": Row("intel_scenes_small", 100, "patch_shuffled"),
@@ -61,7 +65,6 @@ STRATEGIES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "auto": ({"strategy": "auto"}, (0, 1)),
 }
 FIXED = ("linear_top", "linear_best", "ft_k7", "ft_k3")  # what auto chooses among, in effect
-LARGE_PER_CLASS = 150  # the size-only rule's threshold (advise's)
 
 
 # ---- derived datasets ---------------------------------------------------------------------------------------

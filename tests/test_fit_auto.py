@@ -148,7 +148,7 @@ def test_budget_zero_runs_the_plan_alone_as_the_run(split_folder: Path, tmp_path
     assert not runner["ran"] and "--budget 0" in runner["skipped"]
     assert sorted(p.name for p in (out / "candidates").iterdir()) == [strategy]
     cand = config_from_argv(["--config", str(out / "candidates" / strategy / "config.toml")])
-    if strategy == "finetune":  # the plan's options, not fit's defaults (freeze 5, 10 epochs, no EMA/TTA)
+    if strategy == "finetune":  # the plan's options (its epochs: 4 here, not fit's 15) reach the candidate
         settings = auto["plan"]["settings"]
         assert (cand.finetune.freeze, cand.finetune.epochs, cand.finetune.ema, cand.finetune.tta) == \
             (auto["plan"]["freeze"], settings["epochs"], 0.999, "flip")

@@ -57,7 +57,7 @@ def plan_to_config(plan: Plan | Mapping[str, Any], cfg: FitConfig, *, runner_up:
     and every option the user set away from its default on top of the plan (``kept_over_plan`` lists those
     that differ from the plan's), writing to ``cfg.out/candidates/<strategy>``.
 
-        plan_to_config(advice["plan"], cfg).finetune.freeze   # e.g. 5
+        plan_to_config(advice["plan"], cfg).finetune.freeze   # e.g. 3
     """
     option = _option(plan, runner_up)
     merged = deep_update(deep_update(to_dict(cfg), option["config"]), _yours(cfg))
