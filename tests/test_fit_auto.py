@@ -227,6 +227,21 @@ def test_budget_stops_fine_tuning_when_the_machine_is_slower_than_estimated(spli
     assert "would overrun the --budget" in m["training"]["stop_reason"]
 
 
+@pytest.mark.parametrize(("per_class", "runner_up_runs"), [(LARGE_PER_CLASS, True), (12, False)])
+def test_a_short_budget_still_runs_a_linear_runner_up_but_not_a_fine_tuning_one(
+        split_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_class: int,
+        runner_up_runs: bool) -> None:
+    """The linear candidate is the floor of a fine-tuning plan that a short budget cuts to a few epochs, so it
+    runs even when the budget is spent; a fine-tuning runner-up that does not fit is skipped."""
+    _force_plan(monkeypatch, per_class, epochs=3)
+    m = fit(_cfg(split_folder, tmp_path / "run", tmp_path / "cache", budget=0.001), progress=False)
+    plan, runner = m["auto"]["candidates"]
+    assert plan["ran"] and runner["ran"] == runner_up_runs
+    assert runner["strategy"] == ("linear" if runner_up_runs else "finetune")
+    if not runner_up_runs:
+        assert "budget left it" in runner["skipped"]
+
+
 def test_within_budget_stops_when_another_epoch_as_slow_as_the_slowest_would_overrun() -> None:
     import time
 
