@@ -90,11 +90,13 @@ def test_no_report_when_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                     engine=EngineConfig(backend="torch", cache_dir=str(tmp_path / "cache")))
     fit(cfg, progress=False)
     assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / "report.html").exists()
+    assert "report.html" not in (tmp_path / "run" / "summary.txt").read_text()  # it names only what is there
 
 
 def test_headstart_report_draws_it_again(runs: dict[str, Path], capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     page = runs["linear"] / "report.html"
+    assert f"report: {page}" in (runs["linear"] / "summary.txt").read_text()
     before = page.read_text()
     page.unlink()
     code, out, err = run_cli(capsys, monkeypatch, "report", str(runs["linear"]))

@@ -11,7 +11,10 @@ def _known(x: float | None) -> bool:
     return x is not None and x == x
 
 
-def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
+def summary_text(metrics: dict[str, Any], run_dir: str | Path, *, report: bool | None = None) -> str:
+    """The run in a few lines; ``report``: whether it has a report.html (None: whether the file is there)."""
+    if report is None:
+        report = (Path(run_dir) / "report.html").is_file()
     test, counts = metrics["test"], metrics.get("counts", {})
     lines = _auto_lines(metrics["auto"], run_dir) if "auto" in metrics else []
     lines += [
@@ -63,9 +66,10 @@ def summary_text(metrics: dict[str, Any], run_dir: str | Path) -> str:
     extra = ", curves.jsonl, checkpoints/" if "training" in metrics else ""
     if "auto" in metrics:  # the kept candidate's curves are copied up; its checkpoints stay with it
         extra = (", curves.jsonl" if "training" in metrics else "") + ", advice.json, candidates/"
-    lines.append(f"outputs: {run_dir}/ (report.html, config.toml, metrics.json, splits.json, summary.txt, "
-                 f"test_predictions.json{extra}, bundle/)")
-    lines.append(f"report: {Path(run_dir) / 'report.html'} (open it in a browser)")
+    lines.append(f"outputs: {run_dir}/ ({'report.html, ' if report else ''}config.toml, metrics.json, splits.json, "
+                 f"summary.txt, test_predictions.json{extra}, bundle/)")
+    if report:
+        lines.append(f"report: {Path(run_dir) / 'report.html'} (open it in a browser)")
     lines.append(f"predict: headstart predict --model {run_dir} IMAGE...")
     return "\n".join(lines)
 

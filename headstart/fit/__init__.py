@@ -74,8 +74,9 @@ def fit(cfg: FitConfig, *, progress: bool = True, resume: bool = False, overwrit
                 from headstart.fit.linear import fit_linear
 
                 metrics = fit_linear(cfg, progress=progress)
-            RunDir(cfg.out).write_text("summary.txt", summary_text(metrics, cfg.out) + "\n")
-            if report and os.environ.get("HEADSTART_REPORT", "1") != "0":
+            report = report and os.environ.get("HEADSTART_REPORT", "1") != "0"
+            RunDir(cfg.out).write_text("summary.txt", summary_text(metrics, cfg.out, report=report) + "\n")
+            if report:
                 _report(cfg.out)
             seal_run(cfg.out, new_run_id())
     return metrics
