@@ -104,3 +104,18 @@ def test_headstart_report_draws_it_again(runs: dict[str, Path], capsys: pytest.C
     assert page.read_text() == before  # the same run, the same page
     code, _, err = run_cli(capsys, monkeypatch, "report", str(runs["linear"] / "bundle"))
     assert code == 2 and err.startswith("error:")
+
+
+def test_a_candidate_cut_by_the_budget_says_so_in_the_summary_and_the_page(tmp_path: Path) -> None:
+    from headstart.evaluate.html_report import _choice
+    from headstart.evaluate.report import _auto_lines
+
+    plan = {"summary": "large and far -> fine-tune", "evidence": ["size: large"]}
+    cut = {"role": "plan", "what": "fine-tune with the first 3 of 9 stages frozen", "ran": True, "dir": "candidates/ft",
+           "epochs": {"run_with": 3, "advised": 28}, "val_accuracy": 0.69, "val_se": 0.03, "val_protocol": "split",
+           "val_images": 216, "cost_s": 139.0, "estimated_s": 170.0}
+    whole = dict(cut, role="runner-up", epochs={"run_with": 28, "advised": 28}, dir="candidates/ft2")
+    auto = {"plan": plan, "candidates": [cut, whole], "winner": "finetune", "winner_role": "runner-up", "why": "-"}
+    for text in ("\n".join(_auto_lines(auto, tmp_path)), _choice(tmp_path, {"auto": auto})):
+        assert text.count("3 epochs (of 28 advised, cut to fit the budget)") == 1
+        assert text.count("(of 28 advised") == 1 and "frozen, 28 epochs" in text  # the whole one is not "cut"

@@ -26,6 +26,7 @@ import numpy as np
 from headstart.evaluate.curves import read_curves
 from headstart.evaluate.plots import learning_curves, reliability_diagram
 from headstart.evaluate.predictions import read_test_predictions
+from headstart.evaluate.report import candidate_what
 from headstart.errors import HeadstartError
 from headstart.io import atomic_write
 
@@ -131,7 +132,7 @@ def _choice(run: Path, m: dict[str, Any]) -> str:
     rows = []
     for c in auto["candidates"]:
         if c["ran"]:
-            rows.append([_e(c["role"]), _e(c["what"]), _pct(c.get("val_accuracy")),
+            rows.append([_e(c["role"]), _e(candidate_what(c)), _pct(c.get("val_accuracy")),
                          _e(c.get("val_protocol", "")), f"{c['cost_s']:.0f} s"])
         else:
             rows.append([_e(c["role"]), _e(c["what"]), "not run", _e(c.get("skipped") or ""), "-"])

@@ -86,10 +86,7 @@ def _auto_lines(auto: dict[str, Any], run_dir: str | Path) -> list[str]:
         if not c["ran"]:
             lines.append(f"    {c['role']}: {c['what']}: not run, {c['skipped']}")
             continue
-        epochs = c.get("epochs")
-        what = c["what"] + (f", {epochs['run_with']} epochs" if epochs else "")
-        if epochs and epochs["run_with"] < epochs["advised"]:
-            what += f" (of {epochs['advised']} advised, cut to fit the budget)"
+        what = candidate_what(c)
         figure = (f"{c['val_accuracy']:.1%} +- {100 * c['val_se']:.1f} ({c['val_protocol']}, {c['val_images']} "
                   "images)" if _known(c["val_accuracy"]) else f"no figure ({c['val_protocol']})")
         lines.append(f"    {c['role']}: {what}: val {figure}; took {_dur(c['cost_s'])} "
@@ -98,6 +95,15 @@ def _auto_lines(auto: dict[str, Any], run_dir: str | Path) -> list[str]:
     lines += [f"  kept {auto['winner']} ({auto['winner_role']}): {auto['why']}",
               f"  its own config: {Path(run_dir) / kept['dir'] / 'config.toml'} (fit --config reruns it alone)"]
     return lines
+
+
+def candidate_what(c: dict[str, Any]) -> str:
+    """An auto candidate in words, with its epochs when the budget cut them (the figure then says little)."""
+    epochs = c.get("epochs")
+    what = c["what"] + (f", {epochs['run_with']} epochs" if epochs else "")
+    if epochs and epochs["run_with"] < epochs["advised"]:
+        what += f" (of {epochs['advised']} advised, cut to fit the budget)"
+    return what
 
 
 def _dur(seconds: float) -> str:
