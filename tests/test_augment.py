@@ -170,3 +170,13 @@ def test_downscale_blurs_only_when_drawn() -> None:
         AugmentConfig(downscale=1.5)
     with pytest.raises(ConfigError, match="downscale_range"):
         AugmentConfig(downscale_range=(0.0, 0.5))
+
+
+@pytest.mark.parametrize("ratio", [(2.225073858507203e-309, 1.0), (1.0, 1e308), (1e300, 1e300), (1e-300, 1e-300)])
+def test_random_resized_crop_boxes_stay_inside_the_image_at_any_accepted_ratio(ratio: tuple[float, float]) -> None:
+    from headstart.data.augment import _rrc_box
+
+    AugmentConfig(rrc_ratio=ratio)  # accepted: any positive pair
+    for seed in range(20):
+        left, top, w, h = _rrc_box((32, 24), (0.35, 1.0), ratio, np.random.default_rng(seed))
+        assert 0 < w and 0 < h and 0 <= left and left + w <= 32 and 0 <= top and top + h <= 24

@@ -274,14 +274,17 @@ def _rrc_box(
     for _ in range(10):
         target = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_lo, log_hi))
-        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        fw, fh = math.sqrt(target * aspect), math.sqrt(target / aspect)
+        if not (fw < width + 0.5 and fh < height + 0.5):  # too big, or an extreme ratio's overflow (inf)
+            continue
+        w, h = int(round(fw)), int(round(fh))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
+        w, h = width, max(1, int(round(width / ratio[0])))
     elif in_ratio > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
+        w, h = max(1, int(round(height * ratio[1]))), height
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
